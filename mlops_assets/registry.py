@@ -1,0 +1,127 @@
+"""registered_model, the promotion gate and champion_model: MLflow versions moved only by evidence.
+
+Every new model becomes a registry version with alias `challenger`. The blocking `promotion_gate`
+decides, from figures measured on the same data, whether it may take alias `champion`; the
+decision and its reason are written onto the version's tags whatever it is.
+"""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from resources import MlflowRegistry
+from resources.mlflow_registry import CHALLENGER, CHAMPION
+
+
+class PromotionConfig(dg.Config):
+    auc_margin: float = 0.005
+    """How much ROC AUC (absolute) the challenger may lose against the champion and still win."""
+    auc_floor: float = 0.6
+    """ROC AUC a first model must reach when there is no champion yet."""
+
+
+@dg.asset(group_name="registry", kinds={"mlflow"})
+def registered_model(
+    context: dg.AssetExecutionContext,
+    trained_model: dict,
+    onnx_model: dict,
+    evaluation_report: dict,
+    registry: MlflowRegistry,
+) -> dg.Output[dict]:
+    """The new model as an MLflow registry version with alias `challenger`, tagged with its lineage."""
+    challenger = evaluation_report["challenger"]
+    tags = {
+        "mlflow_run_id": trained_model["run_id"],
+        "git_commit": trained_model["git_commit"],
+        "data_hash": trained_model["data_hash"],
+        "train_months": trained_model["train_months"],
+        "dagster_training_run_id": trained_model["dagster_run_id"],
+        "dagster_registration_run_id": context.run_id,
+        "evaluation_month": evaluation_report["evaluation_month"],
+        "eval_auc": f"{challenger['auc']:.6f}",
+        "eval_brier": f"{challenger['brier']:.6f}",
+    }
+    version = str(registry.register(onnx_model["model_uri"], tags).version)
+    registry.client().set_registered_model_alias(registry.model_name, CHALLENGER, version)
+    return dg.Output(
+        {"version": version, **tags, "evaluation": evaluation_report},
+        metadata={"model_name": registry.model_name, "version": version, "alias": CHALLENGER, **tags},
+    )
+
+
+def decide(challenger_auc: float, champion_auc: float | None, config: PromotionConfig) -> tuple[bool, str]:
+    """The promotion rule, kept apart from I/O so it reads as a rule."""
+    if champion_auc is None:
+        passed = challenger_auc >= config.auc_floor
+        relation = ">=" if passed else "<"
+        return passed, f"no champion yet; AUC {challenger_auc:.4f} {relation} floor {config.auc_floor:.4f}"
+    bar = champion_auc - config.auc_margin
+    passed = challenger_auc >= bar
+    relation = ">=" if passed else "<"
+    return passed, (f"AUC {challenger_auc:.4f} {relation} champion {champion_auc:.4f} - margin {config.auc_margin:.4f}")
+
+
+@dg.asset_check(asset="registered_model", blocking=True, description="The challenger may become champion.")
+def promotion_gate(config: PromotionConfig, registered_model: dict, registry: MlflowRegistry) -> dg.AssetCheckResult:
+    report = registered_model["evaluation"]
+    version = registered_model["version"]
+    current = registry.version_by_alias(CHAMPION)
+    current_version = str(current.version) if current else None
+    champion_auc = report["champion"]["auc"] if report["champion"] else None
+    if current_version != report["champion_version"]:
+        passed, reason = (
+            False,
+            (
+                f"champion moved to {current_version} after the evaluation against {report['champion_version']}; "
+                "re-run evaluation_report"
+            ),
+        )
+    else:
+        passed, reason = decide(report["challenger"]["auc"], champion_auc, config)
+    decision = "approved" if passed else "refused"
+    registry.tag_version(
+        version,
+        {
+            "promotion_decision": decision,
+            "promotion_reason": reason,
+            "promotion_compared_to": current_version or "none",
+            "promotion_decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return dg.AssetCheckResult(
+        passed=passed,
+        metadata={
+            "decision": decision,
+            "reason": reason,
+            "challenger_version": version,
+            "champion_version": current_version or dg.MetadataValue.null(),
+            "challenger_auc": report["challenger"]["auc"],
+            "champion_auc": champion_auc if champion_auc is not None else dg.MetadataValue.null(),
+            "auc_margin": config.auc_margin,
+            "auc_floor": config.auc_floor,
+        },
+    )
+
+
+@dg.asset(group_name="registry", kinds={"mlflow"})
+def champion_model(
+    context: dg.AssetExecutionContext, registered_model: dict, registry: MlflowRegistry
+) -> dg.Output[dict]:
+    """The registry version serving traffic: alias `champion`, moved here only after the gate approved."""
+    version = registered_model["version"]
+    tags = registry.client().get_model_version(registry.model_name, version).tags
+    if tags.get("promotion_decision") != "approved":
+        raise dg.Failure(f"version {version} was not approved by promotion_gate: {tags.get('promotion_reason')}")
+    previous = registry.version_by_alias(CHAMPION)
+    previous_version = str(previous.version) if previous else None
+    registry.client().set_registered_model_alias(registry.model_name, CHAMPION, version)
+    registry.tag_version(version, {"promoted_at": datetime.now(UTC).isoformat(timespec="seconds")})
+    context.log.info(f"champion: {previous_version} -> {version} ({tags['promotion_reason']})")
+    return dg.Output(
+        {"version": version, "previous_version": previous_version, "reason": tags["promotion_reason"]},
+        metadata={
+            "version": version,
+            "previous_version": previous_version or dg.MetadataValue.null(),
+            "reason": tags["promotion_reason"],
+        },
+    )

@@ -1,0 +1,87 @@
+"""MLflow tracking and model registry, through MlflowClient rather than dagster-mlflow's global state.
+
+Embedded default: SQLite plus a local artifact folder under $MLOPS_HOME. Production: set
+`tracking_uri` to an MLflow server (`http://mlflow:5000`), which owns the artifact store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class MlflowRegistry(dg.ConfigurableResource):
+    tracking_uri: str
+    experiment_name: str = "flight_delay"
+    model_name: str = "flight_delay"
+    artifact_location: str | None = None  # only used when the experiment is first created
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_id(self) -> str:
+        client = self.client()
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
+
+    @contextlib.contextmanager
+    def active_run(self, run_id: str | None = None, run_name: str | None = None) -> Iterator:
+        """An mlflow fluent run bound to this registry (mlflow.onnx.log_model needs one)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        if run_id is None:
+            with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
+                yield run
+        else:
+            with mlflow.start_run(run_id=run_id) as run:
+                yield run
+
+    def register(self, model_uri: str, tags: dict[str, str]):
+        """A new version of `model_name` from a logged model, carrying `tags`."""
+        import mlflow
+
+        mlflow.set_registry_uri(self.tracking_uri)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        return mlflow.register_model(model_uri, self.model_name, tags=tags)
+
+    def tag_version(self, version: str | int, tags: dict[str, object]) -> None:
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(self.model_name, str(version), key, str(value))
+
+    def version_by_alias(self, alias: str):
+        """The ModelVersion holding `alias`, or None when no version holds it yet."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client().get_model_version_by_alias(self.model_name, alias)
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def onnx_bytes(self, version: str | int) -> bytes:
+        """The ONNX file of a registered version, fetched from the artifact store."""
+        import mlflow.artifacts
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.model_name}/{version}", dst_path=tmp, tracking_uri=self.tracking_uri
+            )
+            files = sorted(Path(local).rglob("*.onnx"))
+            if not files:
+                raise FileNotFoundError(f"model {self.model_name} version {version} holds no .onnx file")
+            return files[0].read_bytes()

@@ -1,0 +1,15 @@
+"""Jobs the schedule and sensors launch: retrain-through-promotion, and batch scoring."""
+
+import dagster as dg
+
+from mlops_assets.partitions import monthly_partitions
+
+# Training through the promotion gate; the gate is a blocking check on registered_model.
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.assets("trained_model").downstream() - dg.AssetSelection.assets("batch_predictions"),
+)
+
+batch_inference_job = dg.define_asset_job(
+    "batch_inference_job", selection=dg.AssetSelection.assets("batch_predictions"), partitions_def=monthly_partitions
+)

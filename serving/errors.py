@@ -1,0 +1,61 @@
+"""Errors the serving stack raises, and the one table that maps them to gRPC status codes.
+
+Handlers raise these; `serving.interceptors.ErrorMappingInterceptor` turns them into statuses, so
+no handler builds a status by hand and no stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServingError(Exception):
+    """Base class: `reason` is the message sent to the client."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidInput(ServingError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFound(ServingError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ModelNotReady(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ServerNotReady(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class QueueFull(ServingError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(ServingError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ModelLoadError(ServingError):
+    """A model version could not be loaded (corrupt file, changed signature, failed warm-up)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+INTERNAL_MESSAGE = "Internal server error"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Status code and client-safe message for an exception raised by a handler."""
+    if isinstance(exc, ServingError):
+        return exc.code, exc.reason
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, "Method not implemented"
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

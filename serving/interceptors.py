@@ -1,0 +1,128 @@
+"""The server's one interceptor: bearer-token auth and the mapping of errors to gRPC status codes.
+
+Handlers raise `serving.errors` exceptions and nothing else; this is the only place that turns an
+exception into a status (not found -> NOT_FOUND, not ready -> UNAVAILABLE, bad input ->
+INVALID_ARGUMENT, full queue -> RESOURCE_EXHAUSTED, anything else -> INTERNAL with a fixed message
+and the stack trace kept in the server's log).
+
+Wrapped handlers are built once per method and cached, so a request pays one extra await.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Awaitable, Callable
+
+import grpc
+from grpc.aio import ServerInterceptor
+
+from serving.errors import ServingError, status_for
+
+log = logging.getLogger("serving.grpc")
+
+# Liveness and health probes stay open when a token is required.
+OPEN_METHODS = frozenset({
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+})
+
+
+def _wrap_unary(behavior, method: str):
+    async def guarded(request, context):
+        try:
+            return await behavior(request, context)
+        except ServingError as exc:
+            await context.abort(exc.code, exc.reason)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message = status_for(exc)
+            log.error("unhandled error", exc_info=True, extra={"method": method})
+            await context.abort(code, message)
+
+    return guarded
+
+
+def _wrap_stream(behavior, method: str):
+    async def guarded(request_or_iterator, context):
+        try:
+            async for item in behavior(request_or_iterator, context):
+                yield item
+        except ServingError as exc:
+            await context.abort(exc.code, exc.reason)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message = status_for(exc)
+            log.error("unhandled error", exc_info=True, extra={"method": method})
+            await context.abort(code, message)
+
+    return guarded
+
+
+def _rebuild(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, "unary"), **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, "stream"), **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, "unary"), **kwargs)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, "stream"), **kwargs)
+
+
+class ServingInterceptor(ServerInterceptor):
+    def __init__(self, token: str | None = None, open_methods=OPEN_METHODS):
+        self._token = f"Bearer {token}".encode() if token else None
+        self._open = open_methods
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
+        self._denied: dict[str, grpc.RpcMethodHandler] = {}
+
+    def _authorized(self, metadata) -> bool:
+        for key, value in metadata or ():
+            if key == "authorization":
+                supplied = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(supplied, self._token)
+        return False
+
+    def _deny(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        denied = self._denied.get(method)
+        if denied is None:
+            async def refuse(request, context):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+
+            async def refuse_stream(request, context):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+                yield  # pragma: no cover - makes this an async generator
+
+            streaming = bool(handler.unary_stream or handler.stream_stream)
+            denied = _rebuild(handler, lambda _b, _k: refuse_stream if streaming else refuse)
+            self._denied[method] = denied
+        return denied
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if self._token is not None and method not in self._open:
+            if not self._authorized(handler_call_details.invocation_metadata):
+                log.warning("unauthenticated call refused", extra={"method": method})
+                return self._deny(method, handler)
+        guarded = self._guarded.get(method)
+        if guarded is None:
+            streaming = bool(handler.unary_stream or handler.stream_stream)
+            wrap = _wrap_stream if streaming else _wrap_unary
+            guarded = _rebuild(handler, lambda behavior, _kind: wrap(behavior, method))
+            self._guarded[method] = guarded
+        return guarded

@@ -1,0 +1,351 @@
+"""The model repository: loaded ONNX Runtime sessions keyed by (model name, version).
+
+Swaps are load-before-unload. A new version is loaded, checked against the signature of the
+version being served, and warmed up in a background thread (`prepare`); only then does `install`
+re-point the routes on the event loop, in one reference assignment, so a request sees either the
+old version or the new one, never neither. Requests already holding the old version finish on it;
+the old version is drained and dropped after the new one serves.
+
+A version that fails any step is refused: the served version stays, and the failure is recorded
+(state UNAVAILABLE + reason in RepositoryIndex, an error log line, and a swap-failure metric).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.batching import BatchResult, DynamicBatcher, run_direct
+from serving.errors import ModelLoadError, ModelNotFound, ModelNotReady
+from serving.metrics import ServerStats
+from serving.signature import ModelSignature, signature_from_session
+
+log = logging.getLogger("serving.repository")
+
+READY = "READY"
+LOADING = "LOADING"
+UNLOADING = "UNLOADING"
+UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class RepositoryConfig:
+    max_batch_size: int = 256
+    max_queue_delay_us: int = 0
+    queue_capacity: int = 1024
+    batching: bool = True
+    intra_op_threads: int = 1
+    nan_policy: str = "reject"
+    default_alias: str = "champion"
+
+
+@dataclass
+class VersionRecord:
+    """What RepositoryIndex reports for one model version."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+    source: str = ""
+    aliases: tuple[str, ...] = ()
+    updated: float = field(default_factory=time.time)
+
+
+def create_session(path: str, intra_op_threads: int = 1):
+    """An ONNX Runtime CPU session with explicit providers and options (as mlflow's onnx flavor)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def example_inputs(signature: ModelSignature, rows: int) -> dict[str, np.ndarray]:
+    """Neutral inputs (zeros, empty strings) for warm-up: `rows` on the batch dimension, 1 elsewhere."""
+    feeds = {}
+    for spec in signature.inputs:
+        shape = tuple(rows if (i == 0 and signature.batched) else (d if d >= 0 else 1) for i, d in enumerate(spec.shape))
+        if spec.datatype == "BYTES":
+            array = np.empty(shape, dtype=object)
+            array.fill("")
+        else:
+            array = np.zeros(shape, dtype=spec.numpy_dtype)
+        feeds[spec.name] = array
+    return feeds
+
+
+class LoadedModel:
+    """One loaded version: its session, signature, statistics and (optionally) batcher."""
+
+    def __init__(self, name: str, version: str, session, signature: ModelSignature, source: str,
+                 config: RepositoryConfig, stats: ServerStats):
+        self.name = name
+        self.version = version
+        self.session = session
+        self.signature = signature
+        self.source = source
+        self.nan_policy = config.nan_policy
+        self.max_batch_size = config.max_batch_size if signature.batched else 0
+        self.output_names = [o.name for o in signature.outputs]
+        self.output_datatypes = [o.datatype for o in signature.outputs]
+        self.stats = stats.model(name, version)
+        self.batcher: DynamicBatcher | None = None
+        self._config = config
+
+    def run(self, feeds: dict[str, np.ndarray]):
+        return self.session.run(self.output_names, feeds)
+
+    def start_batcher(self) -> None:
+        if self._config.batching and self.max_batch_size > 0 and self.batcher is None:
+            self.batcher = DynamicBatcher(
+                self.run,
+                max_batch_size=self.max_batch_size,
+                max_queue_delay_us=self._config.max_queue_delay_us,
+                capacity=self._config.queue_capacity,
+                on_batch=self.stats.record_batch,
+                thread_name=f"batch-{self.name}-{self.version}",
+            )
+
+    async def infer(self, feeds: dict[str, np.ndarray], rows: int) -> BatchResult:
+        batcher = self.batcher
+        if batcher is not None:
+            return await batcher.submit(feeds, rows)
+        result = run_direct(self.run, feeds, rows)
+        self.stats.record_batch(rows, result.compute_ns)
+        return result
+
+    async def drain(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.drain()
+
+
+class ModelRepository:
+    def __init__(self, config: RepositoryConfig | None = None, stats: ServerStats | None = None):
+        self.config = config or RepositoryConfig()
+        self.stats = stats or ServerStats()
+        self.stats.loaded = self.loaded_versions
+        # model -> route key ("" default, a version, or an alias) -> model; replaced, never mutated.
+        self._routes: dict[str, dict[str, LoadedModel]] = {}
+        self._aliases: dict[str, dict[str, str]] = {}  # model -> alias -> version
+        self._records: dict[tuple[str, str], VersionRecord] = {}
+        self._known: set[str] = set()  # models this server is configured to serve
+        self._lock = threading.RLock()
+
+    # --- hot path (event loop) ------------------------------------------------------------------
+
+    def get(self, name: str, version: str = "") -> LoadedModel:
+        routes = self._routes.get(name)
+        if routes is not None:
+            model = routes.get(version)
+            if model is not None:
+                return model
+        if name not in self._known and routes is None:
+            raise ModelNotFound(f"model '{name}' is not served here")
+        if version:
+            record = self._records.get((name, version))
+            if record is None:
+                raise ModelNotFound(f"model '{name}' has no version or alias '{version}'")
+            reason = f": {record.reason}" if record.reason else ""
+            raise ModelNotReady(f"model '{name}' version {version} is {record.state}{reason}")
+        raise ModelNotReady(f"model '{name}' has no version ready")
+
+    def ready(self, name: str, version: str = "") -> bool:
+        routes = self._routes.get(name)
+        return routes is not None and version in routes
+
+    def is_ready(self) -> bool:
+        """Every model this server is configured to serve has a default version ready."""
+        return bool(self._known) and all(self.ready(name) for name in self._known)
+
+    # --- loading (any thread) -------------------------------------------------------------------
+
+    def register(self, name: str) -> None:
+        with self._lock:
+            self._known.add(name)
+
+    def is_loaded(self, name: str, version: str) -> bool:
+        return version in self._routes.get(name, {})
+
+    def failed(self, name: str, version: str) -> bool:
+        record = self._records.get((name, version))
+        return record is not None and record.state == UNAVAILABLE and record.reason != "unloaded"
+
+    def forget_failures(self, name: str) -> None:
+        with self._lock:
+            for key in [k for k, r in self._records.items() if k[0] == name and r.state == UNAVAILABLE]:
+                del self._records[key]
+
+    def _record(self, name, version, state, reason="", source="", aliases=()) -> None:
+        with self._lock:
+            old = self._records.get((name, version))
+            self._records[(name, version)] = VersionRecord(
+                name, version, state, reason, source or (old.source if old else ""), tuple(aliases)
+            )
+
+    def _refuse(self, name: str, version: str, source: str, kind: str, reason: str) -> ModelLoadError:
+        self._record(name, version, UNAVAILABLE, reason, source)
+        self.stats.record_swap_failure(name, kind)
+        log.error("model version refused", extra={"model": name, "version": version, "reason": reason,
+                                                  "failure": kind, "source": source})
+        return ModelLoadError(f"model '{name}' version {version} refused: {reason}")
+
+    def served_signature(self, name: str) -> tuple[str, ModelSignature] | None:
+        routes = self._routes.get(name) or {}
+        model = routes.get("") or next(iter(routes.values()), None)
+        return (model.version, model.signature) if model is not None else None
+
+    def prepare(self, name: str, version: str, path: str, source: str = "") -> LoadedModel:
+        """Load, check and warm up a version (blocking; call from a background thread).
+
+        Raises ModelLoadError, after recording the refusal, when the version must not serve.
+        """
+        version = str(version)
+        source = source or str(path)
+        self._record(name, version, LOADING, source=source)
+        log.info("loading model version", extra={"model": name, "version": version, "source": source})
+        try:
+            session = create_session(path, self.config.intra_op_threads)
+        except Exception as exc:
+            raise self._refuse(name, version, source, "load_error", f"cannot load the ONNX file: {exc}") from exc
+        try:
+            signature = signature_from_session(session)
+        except ValueError as exc:
+            raise self._refuse(name, version, source, "unsupported_signature", str(exc)) from exc
+        served = self.served_signature(name)
+        if served is not None and served[0] != version:
+            difference = served[1].difference(signature)
+            if difference is not None:
+                raise self._refuse(
+                    name, version, source, "signature_changed",
+                    f"signature differs from served version {served[0]}: {difference}",
+                )
+        model = LoadedModel(name, version, session, signature, source, self.config, self.stats)
+        try:
+            self.warm_up(model)
+        except Exception as exc:
+            raise self._refuse(name, version, source, "warmup_failed", f"warm-up failed: {exc}") from exc
+        return model
+
+    @staticmethod
+    def warm_up(model: LoadedModel) -> None:
+        """Run the model on neutral inputs (one row and a full batch) and check the output shapes."""
+        sizes = [1] + ([min(model.max_batch_size, 64)] if model.max_batch_size > 1 else [])
+        for rows in sizes:
+            outputs = model.run(example_inputs(model.signature, rows))
+            if model.signature.batched:
+                for name, out in zip(model.output_names, outputs):
+                    if out.shape[:1] != (rows,):
+                        raise ValueError(f"output '{name}' has shape {list(out.shape)} for {rows} input rows")
+
+    # --- routing (event loop) -------------------------------------------------------------------
+
+    def _rebuild(self, name: str, models: dict[str, LoadedModel], aliases: dict[str, str]) -> list[LoadedModel]:
+        """Point the routes at `aliases`; return the versions no alias refers to any more."""
+        routes: dict[str, LoadedModel] = {}
+        for alias, version in aliases.items():
+            model = models[version]
+            routes[alias] = model
+            routes[version] = model
+        default = aliases.get(self.config.default_alias)
+        if default is None and len(aliases) == 1:
+            default = next(iter(aliases.values()))
+        if default is not None:
+            routes[""] = models[default]
+        old = self._routes.get(name, {})
+        with self._lock:
+            self._aliases[name] = dict(aliases)
+            self._routes = {**self._routes, name: routes}  # the atomic switch
+            for version, model in {m.version: m for m in routes.values()}.items():
+                names = tuple(sorted(a for a, v in aliases.items() if v == version))
+                self._record(name, version, READY, source=model.source, aliases=names)
+        kept = {id(m) for m in routes.values()}
+        return list({id(m): m for m in old.values() if id(m) not in kept}.values())
+
+    async def install(self, model: LoadedModel, aliases: list[str] | tuple[str, ...]) -> None:
+        """Serve `model` under `aliases`; drain and drop the versions this leaves unreferenced."""
+        name = model.name
+        model.start_batcher()
+        current = dict(self._routes.get(name, {}))
+        models = {m.version: m for m in current.values()}
+        models.setdefault(model.version, model)
+        model = models[model.version]  # an already-loaded version keeps its batcher and stats
+        mapping = dict(self._aliases.get(name, {}))
+        previous_default = current.get("")
+        for alias in aliases:
+            mapping[alias] = model.version
+        dropped = self._rebuild(name, models, mapping)
+        new_default = self._routes[name].get("")
+        if previous_default is not None and new_default is not previous_default:
+            self.stats.record_swap(name)
+        log.info("model version serving", extra={
+            "model": name, "version": model.version, "aliases": list(aliases),
+            "replaced": previous_default.version if previous_default is not None else None,
+        })
+        await self._drop(dropped)
+
+    async def unassign(self, name: str, alias: str) -> None:
+        """Remove an alias (it disappeared from the registry); unload the version if now unused."""
+        mapping = dict(self._aliases.get(name, {}))
+        if mapping.pop(alias, None) is None:
+            return
+        models = {m.version: m for m in self._routes.get(name, {}).values()}
+        await self._drop(self._rebuild(name, models, mapping))
+
+    async def unload(self, name: str) -> None:
+        """Stop serving every version of `name` (RepositoryModelUnload)."""
+        if name not in self._routes and name not in self._known:
+            raise ModelNotFound(f"model '{name}' is not served here")
+        models = list({id(m): m for m in self._routes.get(name, {}).values()}.values())
+        with self._lock:
+            self._aliases[name] = {}
+            self._routes = {k: v for k, v in self._routes.items() if k != name}
+        await self._drop(models, reason="unloaded by request")
+
+    async def _drop(self, models: list[LoadedModel], reason: str = "unloaded") -> None:
+        for model in models:
+            self._record(model.name, model.version, UNLOADING, source=model.source)
+            await model.drain()
+            self._record(model.name, model.version, UNAVAILABLE, reason, source=model.source)
+            log.info("model version unloaded", extra={"model": model.name, "version": model.version,
+                                                      "reason": reason})
+
+    # --- reporting ------------------------------------------------------------------------------
+
+    def index(self, ready_only: bool = False) -> list[VersionRecord]:
+        with self._lock:
+            records = sorted(self._records.values(), key=lambda r: (r.name, _version_key(r.version)))
+        return [r for r in records if r.state == READY or not ready_only]
+
+    def models(self) -> list[LoadedModel]:
+        seen = {}
+        for routes in self._routes.values():
+            for model in routes.values():
+                seen[id(model)] = model
+        return list(seen.values())
+
+    def loaded_versions(self) -> list[dict]:
+        out = []
+        for name, mapping in list(self._aliases.items()):
+            for alias, version in sorted(mapping.items()):
+                out.append({"model": name, "version": version, "alias": alias})
+        return out
+
+    def versions(self, name: str) -> list[str]:
+        routes = self._routes.get(name, {})
+        return sorted({m.version for m in routes.values()}, key=_version_key)
+
+    async def close(self) -> None:
+        for model in self.models():
+            await model.drain()
+
+
+def _version_key(version: str):
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)

@@ -1,0 +1,452 @@
+"""Wiring: configuration, the gRPC server, the HTTP side port, worker processes, graceful stop.
+
+`mlops-serve` (this module's `main`) serves a registered MLflow model by name and alias, or one
+ONNX file with `--model-path`, over the Open Inference Protocol on gRPC. Every flag has an
+environment variable fallback (see `build_parser`). With `--workers N > 1` the parent starts N
+worker processes that share the gRPC port through SO_REUSEPORT, serves the HTTP side port itself
+(summing the workers' metrics) and forwards SIGTERM to them.
+
+A graceful stop (SIGTERM or SIGINT): health goes NOT_SERVING and /ready 503, the server stops
+accepting RPCs and lets the in-flight ones finish (up to the grace period), the batchers drain,
+and the prediction log writes everything buffered and closes its segment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("serving.server")
+
+
+def _mlops_home() -> Path:
+    return Path(os.environ.get("MLOPS_HOME", "./.mlops"))
+
+
+@dataclass
+class ServeConfig:
+    host: str = "0.0.0.0"
+    port: int = 8001
+    metrics_port: int = 8002  # -1 turns the HTTP side port off
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    model_name: str = "flight_delay"
+    aliases: list[str] = field(default_factory=lambda: ["champion"])
+    model_path: str | None = None
+    model_version: str = "1"
+    poll_interval: float = 10.0
+    cache_dir: str | None = None
+    batching: bool = True
+    max_batch_size: int = 256
+    max_queue_delay_us: int = 500
+    queue_capacity: int = 1024
+    workers: int = 1
+    intra_op_threads: int = 1
+    nan_policy: str = "reject"
+    token: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    prediction_log_dir: str | None = None
+    prediction_log_sample_rate: float = 1.0
+    prediction_log_max_bytes: int = 64 * 1024 * 1024
+    prediction_log_max_age_s: float = 300.0
+    grace_period: float = 30.0
+    log_level: str = "INFO"
+    metrics_dir: str | None = None  # set by the parent for its workers
+
+
+def _env(name: str, default, cast=str):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if cast is bool:
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return cast(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServeConfig()
+    p = argparse.ArgumentParser(
+        prog="mlops-serve",
+        description="Serve a registered ONNX model over the Open Inference Protocol (KServe v2) on gRPC.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument
+    a("--host", default=_env("MLOPS_SERVE_HOST", d.host), help="gRPC bind address [MLOPS_SERVE_HOST]")
+    a("--port", type=int, default=_env("MLOPS_SERVE_PORT", d.port, int), help="gRPC port [MLOPS_SERVE_PORT]")
+    a("--metrics-port", type=int, default=_env("MLOPS_SERVE_METRICS_PORT", d.metrics_port, int),
+      help="HTTP port for /health, /ready, /metrics; -1 turns it off [MLOPS_SERVE_METRICS_PORT]")
+    a("--tracking-uri", default=_env("MLFLOW_TRACKING_URI", None), help="MLflow tracking URI [MLFLOW_TRACKING_URI]")
+    a("--registry-uri", default=_env("MLFLOW_REGISTRY_URI", None),
+      help="MLflow registry URI, if not the tracking URI [MLFLOW_REGISTRY_URI]")
+    a("--model-name", default=_env("MLOPS_MODEL_NAME", d.model_name), help="registered model name [MLOPS_MODEL_NAME]")
+    a("--aliases", default=_env("MLOPS_SERVE_ALIASES", ",".join(d.aliases)),
+      help="comma-separated aliases to serve; the first is the default version [MLOPS_SERVE_ALIASES]")
+    a("--model-path", default=_env("MLOPS_SERVE_MODEL_PATH", None),
+      help="serve this ONNX file instead of following the registry [MLOPS_SERVE_MODEL_PATH]")
+    a("--model-version", default=_env("MLOPS_SERVE_MODEL_VERSION", d.model_version),
+      help="version label of --model-path [MLOPS_SERVE_MODEL_VERSION]")
+    a("--poll-interval", type=float, default=_env("MLOPS_SERVE_POLL_INTERVAL", d.poll_interval, float),
+      help="seconds between registry polls [MLOPS_SERVE_POLL_INTERVAL]")
+    a("--cache-dir", default=_env("MLOPS_SERVE_CACHE_DIR", None),
+      help="where downloaded versions are kept; default $MLOPS_HOME/serving_cache [MLOPS_SERVE_CACHE_DIR]")
+    a("--batching", action=argparse.BooleanOptionalAction, default=_env("MLOPS_SERVE_BATCHING", d.batching, bool),
+      help="dynamic batching [MLOPS_SERVE_BATCHING=1|0]")
+    a("--max-batch-size", type=int, default=_env("MLOPS_SERVE_MAX_BATCH_SIZE", d.max_batch_size, int),
+      help="most rows per request and per batch [MLOPS_SERVE_MAX_BATCH_SIZE]")
+    a("--max-queue-delay-us", type=int, default=_env("MLOPS_SERVE_MAX_QUEUE_DELAY_US", d.max_queue_delay_us, int),
+      help="longest a batch waits for more rows, only while more are expected [MLOPS_SERVE_MAX_QUEUE_DELAY_US]")
+    a("--queue-capacity", type=int, default=_env("MLOPS_SERVE_QUEUE_CAPACITY", d.queue_capacity, int),
+      help="requests queued per model version before RESOURCE_EXHAUSTED [MLOPS_SERVE_QUEUE_CAPACITY]")
+    a("--workers", type=int, default=_env("MLOPS_SERVE_WORKERS", d.workers, int),
+      help="worker processes sharing the port (SO_REUSEPORT) [MLOPS_SERVE_WORKERS]")
+    a("--intra-op-threads", type=int, default=_env("MLOPS_SERVE_INTRA_OP_THREADS", d.intra_op_threads, int),
+      help="ONNX Runtime threads per model run [MLOPS_SERVE_INTRA_OP_THREADS]")
+    a("--nan-policy", choices=["reject", "allow_nan", "allow"],
+      default=_env("MLOPS_SERVE_NAN_POLICY", d.nan_policy),
+      help="float inputs with NaN/Inf: reject both, allow NaN only, or allow both [MLOPS_SERVE_NAN_POLICY]")
+    a("--token", default=_env("MLOPS_SERVE_TOKEN", None),
+      help="require 'authorization: Bearer <token>' metadata [MLOPS_SERVE_TOKEN]")
+    a("--tls-cert", default=_env("MLOPS_SERVE_TLS_CERT", None), help="PEM certificate for TLS [MLOPS_SERVE_TLS_CERT]")
+    a("--tls-key", default=_env("MLOPS_SERVE_TLS_KEY", None), help="PEM private key for TLS [MLOPS_SERVE_TLS_KEY]")
+    a("--prediction-log-dir", default=_env("MLOPS_PREDICTION_LOG_DIR", None),
+      help="prediction log folder; default $MLOPS_HOME/prediction_log [MLOPS_PREDICTION_LOG_DIR]")
+    a("--prediction-log-sample-rate", type=float,
+      default=_env("MLOPS_PREDICTION_LOG_SAMPLE_RATE", d.prediction_log_sample_rate, float),
+      help="share of requests logged, 0 turns the log off [MLOPS_PREDICTION_LOG_SAMPLE_RATE]")
+    a("--prediction-log-max-bytes", type=int,
+      default=_env("MLOPS_PREDICTION_LOG_MAX_BYTES", d.prediction_log_max_bytes, int),
+      help="rotate a segment past this size [MLOPS_PREDICTION_LOG_MAX_BYTES]")
+    a("--prediction-log-max-age-s", type=float,
+      default=_env("MLOPS_PREDICTION_LOG_MAX_AGE_S", d.prediction_log_max_age_s, float),
+      help="rotate a segment past this age [MLOPS_PREDICTION_LOG_MAX_AGE_S]")
+    a("--grace-period", type=float, default=_env("MLOPS_SERVE_GRACE_PERIOD", d.grace_period, float),
+      help="seconds in-flight requests get to finish on SIGTERM [MLOPS_SERVE_GRACE_PERIOD]")
+    a("--log-level", default=_env("MLOPS_SERVE_LOG_LEVEL", d.log_level), help="[MLOPS_SERVE_LOG_LEVEL]")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> ServeConfig:
+    args = build_parser().parse_args(argv)
+    values = vars(args)
+    values["aliases"] = [a.strip() for a in values["aliases"].split(",") if a.strip()]
+    config = ServeConfig(**values)
+    if not config.aliases:
+        raise SystemExit("mlops-serve: --aliases needs at least one alias")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise SystemExit("mlops-serve: --tls-cert and --tls-key go together")
+    if not config.model_path and not config.tracking_uri:
+        raise SystemExit("mlops-serve: give --tracking-uri (or MLFLOW_TRACKING_URI) or --model-path")
+    return config
+
+
+# --- one worker -----------------------------------------------------------------------------------
+
+
+class Worker:
+    """One gRPC server process's worth of serving: repository, followers, server, log."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.port: int | None = None
+        self.ready_flag: Callable[[bool], None] | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stopped = threading.Event()
+
+    async def run(self, started: Callable[["Worker"], None] | None = None) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_health.v1._async import HealthServicer
+        from grpc_reflection.v1alpha import reflection
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        from serving.interceptors import ServingInterceptor
+        from serving.metrics import ServerStats, SnapshotPublisher
+        from serving.prediction_log import PredictionLog
+        from serving.registry import MlflowSource, PathSource, RegistryFollower
+        from serving.repository import ModelRepository, RepositoryConfig
+        from serving.servicer import InferenceServicer, ServerState
+
+        cfg = self.config
+        self._loop = loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        stats = ServerStats()
+        self.stats = stats
+        repository = ModelRepository(
+            RepositoryConfig(
+                max_batch_size=cfg.max_batch_size, max_queue_delay_us=cfg.max_queue_delay_us,
+                queue_capacity=cfg.queue_capacity, batching=cfg.batching,
+                intra_op_threads=cfg.intra_op_threads, nan_policy=cfg.nan_policy, default_alias=cfg.aliases[0],
+            ),
+            stats,
+        )
+        self.repository = repository
+        state = ServerState()
+        self.state = state
+        prediction_log = None
+        if cfg.prediction_log_sample_rate > 0:
+            prediction_log = PredictionLog(
+                cfg.prediction_log_dir, sample_rate=cfg.prediction_log_sample_rate,
+                max_bytes=cfg.prediction_log_max_bytes, max_age_s=cfg.prediction_log_max_age_s, stats=stats,
+            )
+        if cfg.model_path:
+            source = PathSource(cfg.model_path, cfg.model_version, default_alias=cfg.aliases[0])
+            aliases = [cfg.aliases[0]]
+        else:
+            cache = cfg.cache_dir or str(_mlops_home() / "serving_cache")
+            source = MlflowSource(cfg.tracking_uri, cache, cfg.registry_uri)
+            aliases = cfg.aliases
+        follower = RegistryFollower(repository, loop, source, cfg.model_name, aliases, cfg.poll_interval)
+
+        options = [
+            ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
+        server = grpc.aio.server(
+            interceptors=[ServingInterceptor(cfg.token)],
+            options=options,
+            # Without a batcher there is no queue to bound: bound the RPCs in flight instead.
+            maximum_concurrent_rpcs=None if cfg.batching else cfg.queue_capacity,
+        )
+        servicer = InferenceServicer(repository, stats, prediction_log, {cfg.model_name: follower}, state)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        service_name = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+        reflection.enable_server_reflection(
+            [service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+        address = f"{cfg.host}:{cfg.port}"
+        if cfg.tls_cert:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())]
+            )
+            self.port = server.add_secure_port(address, credentials)
+        else:
+            self.port = server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot bind the gRPC port {address}")
+        await server.start()
+        follower.start()
+        publisher = None
+        if cfg.metrics_dir:
+            publisher = SnapshotPublisher(stats, Path(cfg.metrics_dir))
+            publisher.start()
+        log.info("gRPC server started", extra={"address": address, "port": self.port, "tls": bool(cfg.tls_cert),
+                                               "auth": bool(cfg.token), "batching": cfg.batching,
+                                               "pid": os.getpid(), "source": source.describe()})
+        if started is not None:
+            started(self)
+
+        async def watch_health():
+            serving = None
+            while True:
+                ready = state.accepting and repository.is_ready()
+                if ready != serving:
+                    status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+                    await health.set("", status)
+                    await health.set(service_name, status)
+                    if self.ready_flag is not None:
+                        self.ready_flag(ready)
+                    serving = ready
+                await asyncio.sleep(0.2)
+
+        watcher = loop.create_task(watch_health())
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("graceful stop: draining", extra={"pid": os.getpid()})
+            state.accepting = False
+            if self.ready_flag is not None:
+                self.ready_flag(False)
+            await health.enter_graceful_shutdown()
+            follower.stop()
+            await server.stop(cfg.grace_period)
+            watcher.cancel()
+            await repository.close()
+            if prediction_log is not None:
+                await loop.run_in_executor(None, prediction_log.close)
+            if publisher is not None:
+                publisher.stop()
+            log.info("stopped", extra={"pid": os.getpid(),
+                                       "prediction_log_written": prediction_log.written if prediction_log else 0})
+            self.stopped.set()
+
+    def request_stop(self) -> None:
+        """Start a graceful stop; safe from any thread and from signal handlers."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def is_ready(self) -> bool:
+        return getattr(self, "state", None) is not None and self.state.accepting and self.repository.is_ready()
+
+
+# --- HTTP side port ---------------------------------------------------------------------------------
+
+
+def start_http(host: str, port: int, ready: Callable[[], bool], snapshot: Callable[[], dict],
+               workers: int = 1) -> ThreadingHTTPServer:
+    """Serve /health (live), /ready and /metrics on a daemon thread; never behind the token."""
+    from serving.metrics import render
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            path = self.path.split("?", 1)[0]
+            if path == "/health":
+                self._reply(200, b"ok\n", "text/plain")
+            elif path == "/ready":
+                ok = ready()
+                self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
+            elif path == "/metrics":
+                self._reply(200, render(snapshot(), workers), "text/plain; version=0.0.4; charset=utf-8")
+            else:
+                self._reply(404, b"not found\n", "text/plain")
+
+        def _reply(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # scrapes and probes stay out of the log
+            pass
+
+    httpd = ThreadingHTTPServer((host, port), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, name="http-side-port", daemon=True).start()
+    return httpd
+
+
+# --- processes ---------------------------------------------------------------------------------------
+
+
+def _install_signal_handlers(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+
+
+def run_single(config: ServeConfig) -> int:
+    from serving import logs
+
+    logs.configure(config.log_level)
+    worker = Worker(config)
+    httpd = None
+
+    def started(w: Worker) -> None:
+        nonlocal httpd
+        _install_signal_handlers(w)
+        if config.metrics_port >= 0:
+            httpd = start_http(config.host, config.metrics_port, w.is_ready, w.stats.snapshot)
+
+    try:
+        asyncio.run(worker.run(started))
+    finally:
+        if httpd is not None:
+            httpd.shutdown()
+    return 0
+
+
+def _worker_main(config_dict: dict, index: int, flags) -> None:
+    from serving import logs
+
+    config = ServeConfig(**config_dict)
+    logs.configure(config.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
+    worker = Worker(config)
+
+    def set_ready(value: bool) -> None:
+        flags[index] = 1 if value else 0
+
+    worker.ready_flag = set_ready
+    asyncio.run(worker.run(_install_signal_handlers))
+
+
+def run_workers(config: ServeConfig) -> int:
+    from serving import logs
+    from serving.metrics import merge_snapshots, read_snapshots
+
+    logs.configure(config.log_level)
+    metrics_dir = Path(tempfile.mkdtemp(prefix="mlops-serve-metrics-"))
+    child_config = asdict(config)
+    child_config["metrics_dir"] = str(metrics_dir)
+    ctx = multiprocessing.get_context("spawn")  # gRPC must not be forked after it started threads
+    flags = ctx.Array("b", config.workers, lock=False)
+    stopping = threading.Event()
+
+    def spawn(index: int):
+        process = ctx.Process(target=_worker_main, args=(child_config, index, flags), name=f"mlops-serve-{index}")
+        process.start()
+        return process
+
+    children = [spawn(i) for i in range(config.workers)]
+
+    def stop(signum, frame):
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def ready() -> bool:
+        return not stopping.is_set() and all(flags[i] for i in range(config.workers))
+
+    def snapshot() -> dict:
+        snaps = read_snapshots(metrics_dir)
+        if not snaps:
+            from serving.metrics import ServerStats
+
+            return ServerStats().snapshot()
+        return merge_snapshots(snaps)
+
+    httpd = None
+    if config.metrics_port >= 0:
+        httpd = start_http(config.host, config.metrics_port, ready, snapshot, config.workers)
+    log.info("workers started", extra={"workers": config.workers, "port": config.port,
+                                       "pids": [c.pid for c in children]})
+    while not stopping.wait(0.5):
+        for i, child in enumerate(children):
+            if not child.is_alive():
+                log.error("worker exited; restarting it", extra={"index": i, "exitcode": child.exitcode})
+                flags[i] = 0
+                children[i] = spawn(i)
+    for child in children:
+        if child.is_alive():
+            os.kill(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + config.grace_period + 10
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            log.error("worker did not stop in time; killing it", extra={"pid": child.pid})
+            child.kill()
+    if httpd is not None:
+        httpd.shutdown()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    if config.workers > 1:
+        return run_workers(config)
+    return run_single(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Shared fixtures: a throwaway MLOPS_HOME with real SQLite MLflow and real Dagster runs."""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mlops_assets.definitions import defs
+from resources import local_resources
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests never write to a developer's tracking server
+
+# Small enough for 2 cores, large enough to learn something real.
+FAST_TRAIN = {"train_months": ["2013-01"], "validation_month": "2013-02", "epochs": 2, "hidden": [64, 32]}
+FAST_EVAL = {"evaluation_month": "2013-03", "latency_runs": 30}
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def materialize(selection, resources, ops=None, instance=None, **kwargs) -> dg.ExecuteInProcessResult:
+    """dg.materialize over the real Definitions with per-asset config."""
+    definitions = defs()
+    return dg.materialize(
+        [*definitions.assets, *definitions.asset_checks],
+        selection=selection,
+        resources=resources,
+        instance=instance,
+        run_config={**QUIET, "ops": {name: {"config": cfg} for name, cfg in (ops or {}).items()}},
+        **kwargs,
+    )
+
+
+def training_ops(**overrides) -> dict:
+    return {"trained_model": {**FAST_TRAIN, **overrides}, "evaluation_report": FAST_EVAL}
+
+
+@pytest.fixture(scope="session")
+def features_home(tmp_path_factory) -> Path:
+    """An MLOPS_HOME whose store holds validated features for 2013-01..03 (built once per session)."""
+    home = tmp_path_factory.mktemp("features_home")
+    resources = local_resources(home)
+    for month in ("2013-01", "2013-02", "2013-03"):
+        assert materialize(["raw_flights", "validated_features"], resources, partition_key=month).success
+    return home
+
+
+@pytest.fixture
+def home(features_home, tmp_path) -> Path:
+    """A fresh registry and Dagster storage for one test, sharing the session's validated features."""
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "features").symlink_to(features_home / "artifacts" / "features")
+    return tmp_path
+
+
+@pytest.fixture
+def resources(home) -> dict:
+    return local_resources(home)
