@@ -7,6 +7,7 @@ Embedded default: SQLite plus a local artifact folder under $MLOPS_HOME. Product
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,26 +37,43 @@ class MlflowRegistry(dg.ConfigurableResource):
         return client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
 
     @contextlib.contextmanager
-    def active_run(self, run_id: str | None = None, run_name: str | None = None) -> Iterator:
-        """An mlflow fluent run bound to this registry (mlflow.onnx.log_model needs one)."""
+    def _fluent(self) -> Iterator:
+        """Point mlflow's global (fluent) API at this registry for one block, then restore it.
+
+        mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into the environment, which would
+        leak this registry into every later resource built in the process.
+        """
         import mlflow
 
+        saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        if run_id is None:
-            with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
-                yield run
-        else:
-            with mlflow.start_run(run_id=run_id) as run:
-                yield run
+        try:
+            yield mlflow
+        finally:
+            mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"] or "")
+            mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or "")
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    @contextlib.contextmanager
+    def active_run(self, run_id: str | None = None, run_name: str | None = None) -> Iterator:
+        """An mlflow fluent run bound to this registry (mlflow.onnx.log_model needs one)."""
+        with self._fluent() as mlflow:
+            if run_id is None:
+                with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
+                    yield run
+            else:
+                with mlflow.start_run(run_id=run_id) as run:
+                    yield run
 
     def register(self, model_uri: str, tags: dict[str, str]):
         """A new version of `model_name` from a logged model, carrying `tags`."""
-        import mlflow
-
-        mlflow.set_registry_uri(self.tracking_uri)
-        mlflow.set_tracking_uri(self.tracking_uri)
-        return mlflow.register_model(model_uri, self.model_name, tags=tags)
+        with self._fluent() as mlflow:
+            return mlflow.register_model(model_uri, self.model_name, tags=tags)
 
     def tag_version(self, version: str | int, tags: dict[str, object]) -> None:
         client = self.client()
@@ -75,11 +93,9 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     def onnx_bytes(self, version: str | int) -> bytes:
         """The ONNX file of a registered version, fetched from the artifact store."""
-        import mlflow.artifacts
-
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, self._fluent() as mlflow:
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{self.model_name}/{version}", dst_path=tmp, tracking_uri=self.tracking_uri
+                artifact_uri=f"models:/{self.model_name}/{version}", dst_path=tmp
             )
             files = sorted(Path(local).rglob("*.onnx"))
             if not files:

@@ -1,6 +1,7 @@
 """Shared fixtures: a throwaway MLOPS_HOME with real SQLite MLflow and real Dagster runs."""
 
 import os
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -48,8 +49,7 @@ def features_home(tmp_path_factory) -> Path:
 @pytest.fixture
 def home(features_home, tmp_path) -> Path:
     """A fresh registry and Dagster storage for one test, sharing the session's validated features."""
-    (tmp_path / "artifacts").mkdir()
-    (tmp_path / "artifacts" / "features").symlink_to(features_home / "artifacts" / "features")
+    shutil.copytree(features_home / "artifacts" / "features", tmp_path / "artifacts" / "features")
     return tmp_path
 
 

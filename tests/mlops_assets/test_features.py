@@ -25,7 +25,13 @@ def test_good_month_passes_every_check_with_metadata(resources):
     result = materialize(["raw_flights", "validated_features"], resources, partition_key="2013-02")
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert {e.check_name for e in evaluations} == {"schema", "null_fraction", "value_ranges", "category_sets", "row_count"}
+    assert {e.check_name for e in evaluations} == {
+        "schema",
+        "null_fraction",
+        "value_ranges",
+        "category_sets",
+        "row_count",
+    }
     assert all(e.passed for e in evaluations)
     metadata = result.asset_materializations_for_node("validated_features")[0].metadata
     assert metadata["rows"].value > 20_000

@@ -1,0 +1,93 @@
+import pytest
+
+from mlops_assets.registry import PromotionConfig, decide
+from resources.mlflow_registry import CHALLENGER, CHAMPION
+from tests.conftest import materialize, training_ops
+
+CHAIN = ["trained_model", "onnx_model", "evaluation_report", "registered_model", "champion_model"]
+GATE = "registered_model_promotion_gate"
+
+
+def _gate(result):
+    return next(e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate")
+
+
+def _run(resources, gate=None, **train):
+    ops = training_ops(**train)
+    if gate:
+        ops[GATE] = gate
+    return materialize(CHAIN, resources, ops=ops, raise_on_error=False)
+
+
+@pytest.fixture
+def first(resources):
+    result = _run(resources)
+    assert result.success
+    return result
+
+
+def test_first_model_is_evaluated_registered_and_promoted_over_the_floor(first, resources):
+    registry = resources["registry"]
+    report = first.asset_materializations_for_node("evaluation_report")[0].metadata
+    assert 0.55 < report["auc"].value < 1.0
+    assert 0 < report["brier"].value < 0.25
+    assert 0 < report["latency_p50_ms"].value <= report["latency_p99_ms"].value
+    assert report["throughput_rows_per_s"].value > 1000
+    assert report["size_bytes"].value == first.output_for_node("onnx_model")["size_bytes"]
+    assert "| ROC AUC |" in report["comparison"].value and "champion_auc" not in report
+
+    version = first.output_for_node("registered_model")["version"]
+    assert str(registry.version_by_alias(CHAMPION).version) == version
+    assert str(registry.version_by_alias(CHALLENGER).version) == version
+    tags = registry.client().get_model_version(registry.model_name, version).tags
+    assert tags["mlflow_run_id"] == first.output_for_node("trained_model")["run_id"]
+    assert len(tags["data_hash"]) == 64 and tags["train_months"] == "2013-01"
+    assert tags["promotion_decision"] == "approved" and "floor" in tags["promotion_reason"]
+    assert _gate(first).metadata["decision"].value == "approved"
+
+
+def test_gate_refuses_a_worse_challenger_and_the_champion_stays(first, resources):
+    registry = resources["registry"]
+    champion = first.output_for_node("registered_model")["version"]
+
+    # learning_rate 0 leaves the network at its random initial weights: AUC near 0.5.
+    second = _run(resources, learning_rate=0.0)
+
+    assert not second.success
+    gate = _gate(second)
+    assert not gate.passed and gate.metadata["decision"].value == "refused"
+    assert gate.metadata["champion_version"].value == champion
+    assert gate.metadata["challenger_auc"].value < gate.metadata["champion_auc"].value - 0.005
+    report = second.asset_materializations_for_node("evaluation_report")[0].metadata
+    assert report["champion_auc"].value == pytest.approx(gate.metadata["champion_auc"].value)
+    assert not second.asset_materializations_for_node("champion_model")
+    assert str(registry.version_by_alias(CHAMPION).version) == champion
+    challenger = second.output_for_node("registered_model")["version"]
+    assert str(registry.version_by_alias(CHALLENGER).version) == challenger
+    tags = registry.client().get_model_version(registry.model_name, challenger).tags
+    assert tags["promotion_decision"] == "refused" and tags["promotion_compared_to"] == champion
+
+
+def test_equal_challenger_is_promoted_against_the_champion(first, resources):
+    second = _run(resources)
+    assert second.success
+    assert "champion" in _gate(second).metadata["reason"].value
+    assert (
+        str(resources["registry"].version_by_alias(CHAMPION).version)
+        == second.output_for_node("registered_model")["version"]
+    )
+
+
+def test_floor_refuses_a_first_model(resources):
+    result = _run(resources, gate={"auc_floor": 0.99})
+    assert not result.success
+    assert _gate(result).metadata["decision"].value == "refused"
+    assert resources["registry"].version_by_alias(CHAMPION) is None
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "passed"),
+    [(0.70, None, True), (0.59, None, False), (0.70, 0.704, True), (0.70, 0.706, False)],
+)
+def test_decision_rule(challenger, champion, passed):
+    assert decide(challenger, champion, PromotionConfig(auc_margin=0.005, auc_floor=0.6))[0] is passed
