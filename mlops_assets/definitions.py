@@ -4,13 +4,16 @@ import dagster as dg
 
 import resources
 import sensors
-from mlops_assets import datasets, evaluation, features, inference, registry, training
+from mlops_assets import compression, datasets, evaluation, features, inference, monitoring, registry, training
+
+
+PIPELINE_MODULES = [datasets, features, training, compression, evaluation, registry, inference, monitoring]
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     pipeline = dg.Definitions(
-        assets=dg.load_assets_from_modules([datasets, features, training, evaluation, registry, inference]),
-        asset_checks=dg.load_asset_checks_from_modules([registry]),
+        assets=dg.load_assets_from_modules(PIPELINE_MODULES),
+        asset_checks=dg.load_asset_checks_from_modules(PIPELINE_MODULES),
     )
     return dg.Definitions.merge(pipeline, sensors.defs(), resources.defs())

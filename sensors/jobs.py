@@ -4,11 +4,12 @@ import dagster as dg
 
 from mlops_assets.partitions import monthly_partitions
 
-# Training through the promotion gate; the gate is a blocking check on registered_model.
-training_job = dg.define_asset_job(
-    "training_job",
-    selection=dg.AssetSelection.assets("trained_model").downstream() - dg.AssetSelection.assets("batch_predictions"),
+# Training through the promotion gate (a blocking check on registered_model), scoring excluded.
+TRAINING_SELECTION = dg.AssetSelection.assets("trained_model").downstream() - dg.AssetSelection.assets(
+    "batch_predictions"
 )
+
+training_job = dg.define_asset_job("training_job", selection=TRAINING_SELECTION)
 
 batch_inference_job = dg.define_asset_job(
     "batch_inference_job", selection=dg.AssetSelection.assets("batch_predictions"), partitions_def=monthly_partitions

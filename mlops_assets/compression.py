@@ -1,0 +1,1 @@
+"""Compression candidates and the four-axis scorecard (issue 5)."""
