@@ -61,6 +61,7 @@ class FlightDelayNet(nn.Module):
 
     def __init__(self, prep: Preprocessing, config: NetConfig):
         super().__init__()
+        self.config = config
         self.register_buffer("mean", torch.tensor(prep.numeric_mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(prep.numeric_std, dtype=torch.float32))
         self.embeddings = nn.ModuleList(
@@ -83,6 +84,14 @@ class FlightDelayNet(nn.Module):
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(numeric, categorical))
 
+    def linears(self) -> list[nn.Linear]:
+        """The dense layers in order: one per hidden layer, then the output layer."""
+        return [m for m in self.mlp if isinstance(m, nn.Linear)]
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
 
 @dataclass
 class TrainResult:
@@ -99,25 +108,39 @@ def predict(model: FlightDelayNet, prep: Preprocessing, frame: pd.DataFrame) -> 
     return out.numpy().reshape(-1)
 
 
-def train(
+def logits(model: FlightDelayNet, prep: Preprocessing, frame: pd.DataFrame) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model.logits(torch.from_numpy(prep.numeric(frame)), torch.from_numpy(prep.categorical(frame)))
+
+
+def fit(
+    model: FlightDelayNet,
+    prep: Preprocessing,
     train_frame: pd.DataFrame,
     validation_frame: pd.DataFrame,
     *,
-    net: NetConfig,
     epochs: int,
     batch_size: int,
     learning_rate: float,
     seed: int,
+    soft_targets: torch.Tensor | None = None,
+    distill_weight: float = 0.0,
+    temperature: float = 1.0,
 ) -> TrainResult:
-    """Seeded training; keeps the weights of the epoch with the best validation AUC."""
+    """Seeded Adam loop; keeps the weights of the epoch with the best validation AUC.
+
+    With `soft_targets` (teacher logits, one per training row) the loss is knowledge distillation:
+    (1 - distill_weight) * BCE(labels) + distill_weight * T^2 * BCE(sigmoid(teacher / T)), the T^2
+    keeping the soft term's gradients on the same scale whatever the temperature (Hinton et al., 2015).
+    """
     from sklearn.metrics import roc_auc_score
 
     torch.manual_seed(seed)
-    prep = Preprocessing.fit(train_frame)
-    model = FlightDelayNet(prep, net)
     numeric = torch.from_numpy(prep.numeric(train_frame))
     categorical = torch.from_numpy(prep.categorical(train_frame))
     labels = torch.from_numpy(train_frame[TARGET].to_numpy(np.float32)).unsqueeze(1)
+    soft = None if soft_targets is None else torch.sigmoid(soft_targets.reshape(-1, 1) / temperature)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(seed)
@@ -131,30 +154,102 @@ def train(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             optimizer.zero_grad()
-            loss = loss_fn(model.logits(numeric[idx], categorical[idx]), labels[idx])
+            out = model.logits(numeric[idx], categorical[idx])
+            loss = loss_fn(out, labels[idx])
+            if soft is not None:
+                soft_loss = loss_fn(out / temperature, soft[idx]) * temperature**2
+                loss = (1 - distill_weight) * loss + distill_weight * soft_loss
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         scores = predict(model, prep, validation_frame)
         val_auc = float(roc_auc_score(validation_frame[TARGET], scores))
         result.history.append({"epoch": epoch, "train_loss": total / len(order), "val_auc": val_auc})
         if val_auc > best_auc:
             best_auc, result.best_epoch = val_auc, epoch
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return result
 
 
-def export_onnx(model: FlightDelayNet, prep: Preprocessing) -> bytes:
-    """ONNX bytes with one [batch, 1] input per raw feature column and output `probability`.
+def train(
+    train_frame: pd.DataFrame,
+    validation_frame: pd.DataFrame,
+    *,
+    net: NetConfig,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+) -> TrainResult:
+    """Seeded training from scratch; keeps the weights of the epoch with the best validation AUC."""
+    torch.manual_seed(seed)
+    prep = Preprocessing.fit(train_frame)
+    model = FlightDelayNet(prep, net)
+    return fit(
+        model,
+        prep,
+        train_frame,
+        validation_frame,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
 
-    The network is exported by torch with a dynamic batch; a small ai.onnx.ml graph in front turns
-    category strings into indices (unseen -> UNKNOWN_CATEGORY) and stacks the numeric columns.
+
+def unit_importance(model: FlightDelayNet) -> list[torch.Tensor]:
+    """Magnitude of every hidden unit: L2 norm of its incoming weights and bias times L2 norm of its outgoing weights.
+
+    A unit whose input or output weights are near zero contributes little to the next layer
+    whatever its activation, so the product ranks units by the signal they can pass on.
     """
-    import onnx
-    from onnx import TensorProto, compose, helper
+    layers = model.linears()
+    scores = []
+    for layer, following in zip(layers[:-1], layers[1:], strict=True):
+        incoming = torch.cat([layer.weight, layer.bias.unsqueeze(1)], dim=1).norm(dim=1)
+        outgoing = following.weight.norm(dim=0)
+        scores.append((incoming * outgoing).detach())
+    return scores
 
+
+def prune_hidden_units(model: FlightDelayNet, prep: Preprocessing, keep_fraction: float) -> FlightDelayNet:
+    """A new, narrower network keeping the `keep_fraction` largest-magnitude units of every hidden layer.
+
+    Units are removed, not masked: each Linear loses rows and the next one loses the matching
+    columns, so the exported ONNX has smaller weight matrices and does less arithmetic.
+    """
+    old = model.linears()
+    keep = []
+    for score in unit_importance(model):
+        count = max(1, round(len(score) * keep_fraction))
+        keep.append(torch.sort(torch.topk(score, count).indices).values)
+    config = NetConfig(
+        hidden=tuple(len(k) for k in keep), embedding_dim=model.config.embedding_dim, dropout=model.config.dropout
+    )
+    pruned = FlightDelayNet(prep, config)
+    pruned.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("mlp.")}, strict=False
+    )  # buffers and embeddings carry over unchanged
+    rows = [*keep, None]  # the output layer keeps its single unit
+    columns = [None, *keep]  # the first layer keeps every input feature
+    with torch.no_grad():
+        for source, target, row, column in zip(old, pruned.linears(), rows, columns, strict=True):
+            weight, bias = source.weight, source.bias
+            if row is not None:
+                weight, bias = weight[row], bias[row]
+            if column is not None:
+                weight = weight[:, column]
+            target.weight.copy_(weight)
+            target.bias.copy_(bias)
+    pruned.eval()
+    return pruned
+
+
+def export_network(model: FlightDelayNet):
+    """The network alone as an onnx.ModelProto: `numeric` [batch, 7] float, `categorical` [batch, 3] int64 in."""
     model.eval()
     sample = (torch.zeros(2, len(NUMERIC_FEATURES)), torch.zeros(2, len(CATEGORICAL_FEATURES), dtype=torch.long))
     batch = torch.export.Dim("batch")
@@ -168,9 +263,22 @@ def export_onnx(model: FlightDelayNet, prep: Preprocessing) -> bytes:
         dynamo=True,
         verbose=False,
     )
-    network = program.model_proto
-    opset = next(o.version for o in network.opset_import if o.domain in ("", "ai.onnx"))
+    return program.model_proto
 
+
+def with_preprocessing(network, prep: Preprocessing) -> bytes:
+    """ONNX bytes with one [batch, 1] input per raw feature column and output `probability`.
+
+    A small ai.onnx.ml graph in front of `network` (an onnx.ModelProto taking `numeric` and
+    `categorical`, float or quantized) turns category strings into indices (unseen ->
+    UNKNOWN_CATEGORY) and stacks the numeric columns.
+    """
+    import onnx
+    from onnx import TensorProto, compose, helper
+
+    opsets = {o.domain or "ai.onnx": o.version for o in network.opset_import}
+    # merge_models needs one version per domain; onnxruntime's optimizer may already have declared ai.onnx.ml.
+    ml_opset = opsets.get("ai.onnx.ml", 3)
     nodes, inputs = [], []
     for column in NUMERIC_FEATURES:
         inputs.append(helper.make_tensor_value_info(column, TensorProto.FLOAT, ["batch", 1]))
@@ -201,7 +309,7 @@ def export_onnx(model: FlightDelayNet, prep: Preprocessing) -> bytes:
     )
     pre = helper.make_model(
         pre_graph,
-        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("ai.onnx.ml", 3)],
+        opset_imports=[helper.make_opsetid("", opsets["ai.onnx"]), helper.make_opsetid("ai.onnx.ml", ml_opset)],
         ir_version=network.ir_version,
     )
     network = compose.add_prefix(network, prefix="net_", rename_inputs=False, rename_outputs=False)
@@ -214,6 +322,11 @@ def export_onnx(model: FlightDelayNet, prep: Preprocessing) -> bytes:
     return buffer.getvalue()
 
 
+def export_onnx(model: FlightDelayNet, prep: Preprocessing) -> bytes:
+    """The network exported by torch with a dynamic batch, behind the raw-column front-end."""
+    return with_preprocessing(export_network(model), prep)
+
+
 def onnx_feeds(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """Raw feature columns as the exported graph takes them: [rows, 1] float32 or string."""
     feeds = {c: frame[c].to_numpy(np.float32).reshape(-1, 1) for c in NUMERIC_FEATURES}
@@ -221,10 +334,20 @@ def onnx_feeds(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return feeds
 
 
-def save_checkpoint(result: TrainResult, net: NetConfig) -> bytes:
+def network_feeds(prep: Preprocessing, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The network's own inputs (what the front-end produces), for calibrating the network alone."""
+    return {"numeric": prep.numeric(frame), "categorical": prep.categorical(frame)}
+
+
+def save_model(model: FlightDelayNet, prep: Preprocessing) -> bytes:
     buffer = io.BytesIO()
-    torch.save({"state_dict": result.model.state_dict(), "prep": result.prep.__dict__, "net": net.__dict__}, buffer)
+    config = {**model.config.__dict__, "hidden": list(model.config.hidden)}
+    torch.save({"state_dict": model.state_dict(), "prep": prep.__dict__, "net": config}, buffer)
     return buffer.getvalue()
+
+
+def save_checkpoint(result: TrainResult, net: NetConfig) -> bytes:
+    return save_model(result.model, result.prep)
 
 
 def load_checkpoint(data: bytes) -> tuple[FlightDelayNet, Preprocessing]:

@@ -1,5 +1,9 @@
-"""Resources every asset receives as typed parameters, with embedded defaults for a laptop."""
+"""Resources every asset receives as typed parameters: embedded defaults for a laptop, or production.
 
+`MLOPS_ENV` picks the set when definitions load: `local` (the default) or `prod` (resources.production).
+"""
+
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -9,7 +13,19 @@ from resources.flight_source import FlightSource
 from resources.mlflow_registry import MlflowRegistry
 from resources.settings import default_tracking_uri, mlops_home
 
-__all__ = ["ArtifactStore", "FlightSource", "LocalArtifactStore", "MlflowRegistry", "S3ArtifactStore", "defs"]
+__all__ = [
+    "ArtifactStore",
+    "FlightSource",
+    "LocalArtifactStore",
+    "MlflowRegistry",
+    "S3ArtifactStore",
+    "defs",
+    "local_resources",
+    "production_resources",
+    "selected_resources",
+]
+
+ENVIRONMENTS = ("local", "prod")
 
 
 def local_resources(home: Path | None = None) -> dict:
@@ -24,5 +40,23 @@ def local_resources(home: Path | None = None) -> dict:
     }
 
 
+def production_resources() -> dict:
+    """S3 for asset values and files, an MLflow tracking server for runs and models (see resources.production)."""
+    # Imported here so a laptop that never selects prod does not pay for dagster-aws at load.
+    from resources.production import production_resources as build
+
+    return build()
+
+
+def selected_resources() -> dict:
+    """The set `MLOPS_ENV` names; an unknown name fails loudly rather than falling back to local files."""
+    environment = os.environ.get("MLOPS_ENV", "").strip().lower() or "local"
+    if environment == "local":
+        return local_resources()
+    if environment == "prod":
+        return production_resources()
+    raise ValueError(f"MLOPS_ENV={environment!r} is not one of {', '.join(ENVIRONMENTS)}")
+
+
 def defs() -> dg.Definitions:
-    return dg.Definitions(resources=local_resources())
+    return dg.Definitions(resources=selected_resources())

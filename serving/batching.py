@@ -1,15 +1,18 @@
 """Dynamic batching: rows from concurrent requests run through the model together.
 
-The batcher never waits when there is nothing to wait for. A batch is formed from what is already
-queued, at the end of the current event-loop turn, so concurrent requests that arrived together
-share one `session.run` at no added latency. It waits (up to `max_queue_delay`) only while the
-previous batch held more requests than are queued now: those callers are likely about to send
-again. A lone caller therefore never waits, which is what keeps concurrency-1 latency equal to
-running without a batcher.
+The batcher never waits when there is nothing to wait for. A request that finds no other request
+in flight runs at once (`run_alone`), exactly as without a batcher. Otherwise a batch is formed
+from what is already queued at the end of the current event-loop turn, so concurrent requests
+that arrived together share one `session.run` at no added latency. It waits (at most `max_queue_delay_us`) only while
+the previous batch held more requests than are queued now: those callers are likely about to send
+again. A lone caller therefore never waits, which keeps concurrency-1 latency equal to running
+without a batcher.
 
-Batches run on one compute thread per model (ONNX Runtime releases the GIL), so the event loop
-keeps decoding and queueing requests while a batch computes; the queue is bounded, and a full
-queue rejects at once with `QueueFull` (RESOURCE_EXHAUSTED) so memory stays bounded.
+Where a batch runs depends on its expected cost. A cheap batch (a tiny model: tens of
+microseconds) runs inline on the event loop, because handing it to a thread and back costs more
+than the model. An expensive one runs on the model's compute thread (ONNX Runtime releases the
+GIL), so the loop keeps decoding and queueing requests meanwhile. The queue is bounded: a full
+queue rejects at once with `QueueFull` (RESOURCE_EXHAUSTED), so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -66,6 +69,8 @@ class DynamicBatcher:
         max_batch_size: int,
         max_queue_delay_us: int = 0,
         capacity: int = 1024,
+        inline_budget_us: float = 1000.0,
+        cost_ns: tuple[float, float] = (0.0, 0.0),
         on_batch: Callable[[int, int], None] | None = None,
         thread_name: str = "batcher",
     ):
@@ -76,15 +81,19 @@ class DynamicBatcher:
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_queue_delay_us = max_queue_delay_us
-        self._delay_s = max_queue_delay_us / 1e6
+        self._delay_ns = int(max_queue_delay_us * 1000)
         self.capacity = capacity
+        self._inline_budget_ns = inline_budget_us * 1000
+        # Running estimate of a batch's compute time: fixed cost + cost per row (ns).
+        self._fixed_ns, self._row_ns = cost_ns
         self._on_batch = on_batch  # (rows, compute_ns) after each batch, on the loop thread
         self._queue: collections.deque[_Pending] = collections.deque()
         self._busy = False  # a dispatch is scheduled, waiting, or a batch is computing
         self._timer: asyncio.TimerHandle | None = None
         self._wait_for = 0  # requests the pending wait hopes to gather
         self._last_requests = 1  # requests in the previous batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self._executor: ThreadPoolExecutor | None = None
+        self._thread_name = thread_name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: asyncio.Event | None = None
         self._closed = False
@@ -97,13 +106,14 @@ class DynamicBatcher:
         """Queue one request; the future resolves to its `BatchResult`. Call on the event loop."""
         if self._closed:
             raise QueueFull("model version is being unloaded")
-        if len(self._queue) >= self.capacity:
+        queue = self._queue
+        if len(queue) >= self.capacity:
             raise QueueFull(f"inference queue is full ({self.capacity} requests)")
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.append(_Pending(feeds, rows, future, time.perf_counter_ns()))
+        queue.append(_Pending(feeds, rows, future, time.perf_counter_ns()))
         if not self._busy:
             self._busy = True
             if self._idle is not None:
@@ -111,11 +121,36 @@ class DynamicBatcher:
             # Dispatch at the end of this loop turn: requests already decoded in this turn join
             # the batch, and nothing waits for requests that may never come.
             loop.call_soon(self._dispatch)
-        elif self._timer is not None and len(self._queue) >= self._wait_for:
+        elif self._timer is not None and len(queue) >= self._wait_for:
             self._timer.cancel()
             self._timer = None
             loop.call_soon(self._dispatch)
         return future
+
+    def run_alone(self, feeds: dict[str, np.ndarray], rows: int) -> BatchResult | None:
+        """Run a request at once when it is the only one around and cheap; else None (queue it).
+
+        The caller knows whether other requests are in flight. Alone, the request gains nothing
+        from the queue, and skipping it makes the batcher cost nothing at concurrency 1.
+        """
+        if self._busy or self._queue or self._closed:
+            return None
+        if self._fixed_ns + self._row_ns * rows > self._inline_budget_ns:
+            return None
+        result = self._compute([_Pending(feeds, rows, None, 0)], rows)
+        outputs, compute_ns = result
+        self._learn(rows, compute_ns)
+        self._last_requests = 1
+        return BatchResult(outputs, 0, compute_ns, rows)
+
+    def _learn(self, rows: int, compute_ns: int) -> None:
+        # Exponential averages of the fixed and per-row costs decide where the next batch runs.
+        if rows == 1:
+            self._fixed_ns = 0.8 * self._fixed_ns + 0.2 * max(0.0, compute_ns - self._row_ns)
+        else:
+            self._row_ns = 0.8 * self._row_ns + 0.2 * max(0.0, (compute_ns - self._fixed_ns) / rows)
+        if self._on_batch is not None:
+            self._on_batch(rows, compute_ns)
 
     def _dispatch(self) -> None:
         self._timer = None
@@ -123,13 +158,12 @@ class DynamicBatcher:
         if not queue:
             self._set_idle()
             return
-        if self._delay_s > 0 and len(queue) < self._last_requests:
-            first_wait = queue[0].enqueued_ns
-            waited = (time.perf_counter_ns() - first_wait) / 1e9
-            rows = sum(p.rows for p in queue)
-            if waited < self._delay_s and rows < self.max_batch_size:
+        now = time.perf_counter_ns()
+        if self._delay_ns and len(queue) < self._last_requests:
+            waited = now - queue[0].enqueued_ns
+            if waited < self._delay_ns and sum(p.rows for p in queue) < self.max_batch_size:
                 self._wait_for = self._last_requests
-                self._timer = self._loop.call_later(self._delay_s - waited, self._dispatch)
+                self._timer = self._loop.call_later((self._delay_ns - waited) / 1e9, self._dispatch)
                 return
         batch = [queue.popleft()]
         rows = batch[0].rows
@@ -138,12 +172,24 @@ class DynamicBatcher:
             rows += pending.rows
             batch.append(pending)
         self._last_requests = len(batch)
-        dispatched_ns = time.perf_counter_ns()
+        if self._fixed_ns + self._row_ns * rows <= self._inline_budget_ns:
+            try:
+                result = self._compute(batch, rows)
+            except Exception as exc:
+                self._complete(batch, rows, now, None, exc)
+            else:
+                self._complete(batch, rows, now, result, None)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
         work = self._executor.submit(self._compute, batch, rows)
         loop = self._loop
-        work.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(self._complete, batch, rows, dispatched_ns, done)
-        )
+
+        def done(work):
+            error = work.exception()
+            loop.call_soon_threadsafe(self._complete, batch, rows, now, None if error else work.result(), error)
+
+        work.add_done_callback(done)
 
     def _compute(self, batch: list[_Pending], rows: int):
         start = time.perf_counter_ns()
@@ -155,30 +201,27 @@ class DynamicBatcher:
         outputs = self._run(feeds)
         return outputs, time.perf_counter_ns() - start
 
-    def _complete(self, batch: list[_Pending], rows: int, dispatched_ns: int, done) -> None:
-        try:
-            outputs, compute_ns = done.result()
-        except BaseException as exc:  # the model failed: every caller in the batch gets the error
+    def _complete(self, batch: list[_Pending], rows: int, dispatched_ns: int, result, error) -> None:
+        if error is not None:  # the model failed: every caller in the batch gets the error
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_exception(exc)
+                    pending.future.set_exception(error)
         else:
-            if self._on_batch is not None:
-                self._on_batch(rows, compute_ns)
+            outputs, compute_ns = result
+            self._learn(rows, compute_ns)
             start = 0
+            single = len(batch) == 1
             for pending in batch:
                 stop = start + pending.rows
-                if len(batch) == 1:
-                    sliced = outputs
-                else:
-                    sliced = [out[start:stop] for out in outputs]
+                sliced = outputs if single else [out[start:stop] for out in outputs]
                 start = stop
                 if not pending.future.done():  # the caller may have been cancelled
                     pending.future.set_result(
                         BatchResult(sliced, dispatched_ns - pending.enqueued_ns, compute_ns, rows)
                     )
         if self._queue:
-            self._dispatch()
+            # Let the loop run the callers just answered (and admit new requests) first.
+            self._loop.call_soon(self._dispatch)
         else:
             self._set_idle()
 
@@ -194,4 +237,5 @@ class DynamicBatcher:
             if self._idle is None:
                 self._idle = asyncio.Event()
             await self._idle.wait()
-        self._executor.shutdown(wait=False)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)

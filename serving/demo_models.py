@@ -18,8 +18,15 @@ CATEGORICAL = {
     "origin": ["EWR", "JFK", "LGA"],
     "dest": ["ATL", "BOS", "CLT", "DCA", "DEN", "FLL", "LAX", "MCO", "ORD", "SFO"],
 }
-_SCALE = {"hour": 24.0, "day_of_week": 7.0, "distance": 2500.0, "temp": 100.0, "wind_speed": 40.0,
-          "precip": 1.0, "visib": 10.0}
+_SCALE = {
+    "hour": 24.0,
+    "day_of_week": 7.0,
+    "distance": 2500.0,
+    "temp": 100.0,
+    "wind_speed": 40.0,
+    "precip": 1.0,
+    "visib": 10.0,
+}
 OPSETS = (("", 17), ("ai.onnx.ml", 3))
 
 
@@ -33,8 +40,9 @@ def _model(graph):
     return model
 
 
-def flight_model(seed: int = 0, hidden: tuple[int, ...] = (64, 64), drop_input: str | None = None,
-                 numeric_type: str = "float"):
+def flight_model(
+    seed: int = 0, hidden: tuple[int, ...] = (64, 64), drop_input: str | None = None, numeric_type: str = "float"
+):
     """The flight-delay classifier's signature with random weights (`seed` makes versions differ)."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -56,10 +64,17 @@ def flight_model(seed: int = 0, hidden: tuple[int, ...] = (64, 64), drop_input: 
         if name == drop_input:
             continue
         inputs.append(helper.make_tensor_value_info(name, TensorProto.STRING, ["batch", 1]))
-        nodes.append(helper.make_node(
-            "LabelEncoder", [name], [f"{name}_x"], domain="ai.onnx.ml",
-            keys_strings=vocab, values_floats=[(i + 1) / len(vocab) for i in range(len(vocab))], default_float=0.0,
-        ))
+        nodes.append(
+            helper.make_node(
+                "LabelEncoder",
+                [name],
+                [f"{name}_x"],
+                domain="ai.onnx.ml",
+                keys_strings=vocab,
+                values_floats=[(i + 1) / len(vocab) for i in range(len(vocab))],
+                default_float=0.0,
+            )
+        )
         columns.append(f"{name}_x")
     nodes.append(helper.make_node("Concat", columns, ["features"], axis=1))
     width, current = len(columns), "features"
@@ -82,9 +97,13 @@ def flight_rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """`n` plausible rows for `flight_model`, as [n, 1] arrays keyed by input name."""
     rng = np.random.default_rng(seed)
     rows = {
-        "hour": rng.integers(5, 23, n), "day_of_week": rng.integers(0, 7, n),
-        "distance": rng.uniform(100, 2500, n), "temp": rng.uniform(10, 95, n),
-        "wind_speed": rng.uniform(0, 30, n), "precip": rng.exponential(0.02, n), "visib": rng.uniform(2, 10, n),
+        "hour": rng.integers(5, 23, n),
+        "day_of_week": rng.integers(0, 7, n),
+        "distance": rng.uniform(100, 2500, n),
+        "temp": rng.uniform(10, 95, n),
+        "wind_speed": rng.uniform(0, 30, n),
+        "precip": rng.exponential(0.02, n),
+        "visib": rng.uniform(2, 10, n),
     }
     arrays = {k: v.astype(np.float32).reshape(n, 1) for k, v in rows.items()}
     for name, vocab in CATEGORICAL.items():
@@ -99,7 +118,7 @@ def types_model():
     (BYTES [b,1], the string input echoed) so BYTES outputs are exercised too.
     """
     from onnx import TensorProto as T
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     inputs = [
         helper.make_tensor_value_info("f32", T.FLOAT, ["batch", 2]),
@@ -110,13 +129,20 @@ def types_model():
         helper.make_tensor_value_info("label", T.STRING, ["batch", 1]),
     ]
     nodes = [
-        helper.make_node("ReduceSum", ["f32"], ["f32_sum"], keepdims=1),
+        helper.make_node("ReduceSum", ["f32", "axis1"], ["f32_sum"], keepdims=1),
         helper.make_node("Cast", ["f64"], ["f64_f"], to=T.FLOAT),
         helper.make_node("Cast", ["i64"], ["i64_f"], to=T.FLOAT),
         helper.make_node("Cast", ["i32"], ["i32_f"], to=T.FLOAT),
         helper.make_node("Cast", ["flag"], ["flag_f"], to=T.FLOAT),
-        helper.make_node("LabelEncoder", ["label"], ["label_f"], domain="ai.onnx.ml",
-                         keys_strings=["a", "b"], values_floats=[0.0, 10.0], default_float=-100.0),
+        helper.make_node(
+            "LabelEncoder",
+            ["label"],
+            ["label_f"],
+            domain="ai.onnx.ml",
+            keys_strings=["a", "b"],
+            values_floats=[0.0, 10.0],
+            default_float=-100.0,
+        ),
         helper.make_node("Sum", ["f32_sum", "f64_f", "i64_f", "i32_f", "flag_f", "label_f"], ["total"]),
         helper.make_node("Identity", ["label"], ["label_out"]),
     ]
@@ -124,7 +150,8 @@ def types_model():
         helper.make_tensor_value_info("total", T.FLOAT, ["batch", 1]),
         helper.make_tensor_value_info("label_out", T.STRING, ["batch", 1]),
     ]
-    return _model(helper.make_graph(nodes, "types", inputs, outputs))
+    axis = numpy_helper.from_array(np.array([1], np.int64), "axis1")
+    return _model(helper.make_graph(nodes, "types", inputs, outputs, [axis]))
 
 
 def slow_model(width: int = 512, repeats: int = 40):
@@ -142,6 +169,21 @@ def slow_model(width: int = 512, repeats: int = 40):
     inputs = [helper.make_tensor_value_info("x", T.FLOAT, ["batch", 1])]
     outputs = [helper.make_tensor_value_info("y", T.FLOAT, ["batch", 1])]
     return _model(helper.make_graph(nodes, "slow", inputs, outputs, inits))
+
+
+def gather_model():
+    """idx INT64 [b,1] -> value FP32 [b,1] from a 5-entry table: an index past 4 fails inside
+    ONNX Runtime at run time (after warm-up passed), which is how tests reach INTERNAL."""
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(5, dtype=np.float32) * 10, "table")
+    nodes = [
+        helper.make_node("Gather", ["table", "idx"], ["value"], axis=0),
+    ]
+    inputs = [helper.make_tensor_value_info("idx", T.INT64, ["batch", 1])]
+    outputs = [helper.make_tensor_value_info("value", T.FLOAT, ["batch", 1])]
+    return _model(helper.make_graph(nodes, "gather", inputs, outputs, [table]))
 
 
 def save(model, path: str | Path) -> Path:

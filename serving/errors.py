@@ -43,6 +43,12 @@ class Unauthenticated(ServingError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class InternalError(ServingError):
+    """An unexpected failure, already logged with its stack trace; the client gets a fixed message."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 class ModelLoadError(ServingError):
     """A model version could not be loaded (corrupt file, changed signature, failed warm-up)."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc.aio import ServerInterceptor
@@ -22,12 +22,14 @@ from serving.errors import ServingError, status_for
 log = logging.getLogger("serving.grpc")
 
 # Liveness and health probes stay open when a token is required.
-OPEN_METHODS = frozenset({
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/inference.GRPCInferenceService/ServerLive",
-    "/inference.GRPCInferenceService/ServerReady",
-})
+OPEN_METHODS = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/inference.GRPCInferenceService/ServerLive",
+        "/inference.GRPCInferenceService/ServerReady",
+    }
+)
 
 
 def _wrap_unary(behavior, method: str):
@@ -94,6 +96,7 @@ class ServingInterceptor(ServerInterceptor):
     def _deny(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         denied = self._denied.get(method)
         if denied is None:
+
             async def refuse(request, context):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
@@ -115,10 +118,13 @@ class ServingInterceptor(ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if self._token is not None and method not in self._open:
-            if not self._authorized(handler_call_details.invocation_metadata):
-                log.warning("unauthenticated call refused", extra={"method": method})
-                return self._deny(method, handler)
+        if (
+            self._token is not None
+            and method not in self._open
+            and not self._authorized(handler_call_details.invocation_metadata)
+        ):
+            log.warning("unauthenticated call refused", extra={"method": method})
+            return self._deny(method, handler)
         guarded = self._guarded.get(method)
         if guarded is None:
             streaming = bool(handler.unary_stream or handler.stream_stream)

@@ -17,16 +17,29 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
 
 # Seconds; covers a 20 us tiny-model run up to a one-second pile-up.
 TIME_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -55,6 +68,7 @@ class ModelStats:
     def __init__(self, name: str, version: str):
         self.name = name
         self.version = version
+        self.pending = 0  # requests inside the server right now (decoding, queued or computing)
         self.success_count = 0
         self.success_ns = 0
         self.fail_count = 0
@@ -108,6 +122,7 @@ class ModelStats:
         return {
             "name": self.name,
             "version": self.version,
+            "pending": self.pending,
             "success": [self.success_count, self.success_ns],
             "fail": [self.fail_count, self.fail_ns],
             "fail_reasons": dict(self.fail_reasons),
@@ -176,24 +191,39 @@ class ServerStats:
 # --- exposition ---------------------------------------------------------------------------------
 
 _TRITON_COUNTERS = (
-    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
-     lambda m: m["success"][0]),
-    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes",
-     lambda m: m["fail"][0]),
-    ("nv_inference_count", "Number of inferences performed (a batch of n counts n)",
-     lambda m: m["inference_count"]),
-    ("nv_inference_exec_count", "Number of model executions performed (batches)",
-     lambda m: m["execution_count"]),
-    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
-     lambda m: m["success"][1] // 1000),
-    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
-     lambda m: m["queue"][1] // 1000),
-    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds",
-     lambda m: m["compute_input_ns"] // 1000),
-    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
-     lambda m: m["compute_infer"][1] // 1000),
-    ("nv_inference_compute_output_duration_us", "Cumulative compute output duration in microseconds",
-     lambda m: m["compute_output_ns"] // 1000),
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        lambda m: m["success"][0],
+    ),
+    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes", lambda m: m["fail"][0]),
+    ("nv_inference_count", "Number of inferences performed (a batch of n counts n)", lambda m: m["inference_count"]),
+    ("nv_inference_exec_count", "Number of model executions performed (batches)", lambda m: m["execution_count"]),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds",
+        lambda m: m["success"][1] // 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds",
+        lambda m: m["queue"][1] // 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds",
+        lambda m: m["compute_input_ns"] // 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds",
+        lambda m: m["compute_infer"][1] // 1000,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative compute output duration in microseconds",
+        lambda m: m["compute_output_ns"] // 1000,
+    ),
 )
 
 _HISTOGRAMS = (
@@ -217,8 +247,14 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
     if len(snapshots) == 1:
         return snapshots[0]
     models: dict[tuple[str, str], dict] = {}
-    merged = {"models": [], "swaps": {}, "swap_failures": [], "unknown_model_failures": {},
-              "log": {"written": 0, "dropped": 0}, "loaded": []}
+    merged = {
+        "models": [],
+        "swaps": {},
+        "swap_failures": [],
+        "unknown_model_failures": {},
+        "log": {"written": 0, "dropped": 0},
+        "loaded": [],
+    }
     failures: dict[tuple[str, str], int] = {}
     loaded = set()
     for snap in snapshots:
@@ -229,8 +265,8 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
                 continue
             into = models[key]
             for k in ("success", "fail", "queue", "compute_infer"):
-                into[k] = [a + b for a, b in zip(into[k], m[k])]
-            for k in ("compute_input_ns", "compute_output_ns", "inference_count", "execution_count"):
+                into[k] = [a + b for a, b in zip(into[k], m[k], strict=True)]
+            for k in ("pending", "compute_input_ns", "compute_output_ns", "inference_count", "execution_count"):
                 into[k] += m[k]
             into["last_inference_ms"] = max(into["last_inference_ms"], m["last_inference_ms"])
             for reason, n in m["fail_reasons"].items():
@@ -240,7 +276,9 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
                 have[0] += count
                 have[1] += ns
             for h, data in m["hist"].items():
-                into["hist"][h]["counts"] = [a + b for a, b in zip(into["hist"][h]["counts"], data["counts"])]
+                into["hist"][h]["counts"] = [
+                    a + b for a, b in zip(into["hist"][h]["counts"], data["counts"], strict=True)
+                ]
                 into["hist"][h]["sum"] += data["sum"]
         for model, n in snap["swaps"].items():
             merged["swaps"][model] = merged["swaps"].get(model, 0) + n
@@ -272,20 +310,28 @@ def render(snapshot: dict, workers: int = 1) -> bytes:
                 continue
             out.append(f"{name}{_labels(model=m['name'], version=m['version'])} {get(m)}\n")
 
+    name = "nv_inference_pending_request_count"
+    out.append(
+        f"# HELP {name} Inference requests inside the server: decoding, queued or executing\n# TYPE {name} gauge\n"
+    )
+    for m in models:
+        out.append(f"{name}{_labels(model=m['name'], version=m['version'])} {m['pending']}\n")
+
     families = []
     for name, doc, key, bounds in _HISTOGRAMS:
         family = HistogramMetricFamily(name, doc, labels=["model", "version"])
         for m in models:
             data = m["hist"][key]
             cumulative, buckets = 0, []
-            for bound, count in zip(list(bounds) + [float("inf")], data["counts"]):
+            for bound, count in zip([*bounds, float("inf")], data["counts"], strict=True):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
             family.add_metric([m["name"], m["version"]], buckets, data["sum"])
         families.append(family)
 
     loaded = GaugeMetricFamily(
-        "mlops_serve_model_version_loaded", "1 for each model version loaded, by alias",
+        "mlops_serve_model_version_loaded",
+        "1 for each model version loaded, by alias",
         labels=["model", "version", "alias"],
     )
     for entry in snapshot["loaded"]:
@@ -297,7 +343,8 @@ def render(snapshot: dict, workers: int = 1) -> bytes:
         swaps.add_metric([model], n)
     families.append(swaps)
     failed = CounterMetricFamily(
-        "mlops_serve_model_swap_failures", "Model versions refused (corrupt, changed signature, failed warm-up)",
+        "mlops_serve_model_swap_failures",
+        "Model versions refused (corrupt, changed signature, failed warm-up)",
         labels=["model", "reason"],
     )
     for model, reason, n in snapshot["swap_failures"]:

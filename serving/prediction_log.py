@@ -25,10 +25,15 @@ import os
 import random
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+try:  # optional: about 20x faster on numeric arrays; the stdlib fallback writes the same format
+    import orjson
+except ImportError:  # pragma: no cover - exercised by forcing the fallback in tests
+    orjson = None
 
 log = logging.getLogger("serving.prediction_log")
 
@@ -38,6 +43,49 @@ DONE_SUFFIX = ".jsonl"
 
 def default_directory() -> Path:
     return Path(os.environ.get("MLOPS_HOME", "./.mlops")) / "prediction_log"
+
+
+def _fast_values(array: np.ndarray):
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if flat.dtype.kind in "SO":
+        return _values(flat)
+    return flat  # orjson writes numeric arrays itself, NaN/Inf as null
+
+
+def encode_record(
+    ts: float,
+    request_id: str,
+    model_name: str,
+    model_version: str,
+    inputs: dict[str, np.ndarray],
+    outputs: dict[str, np.ndarray],
+    fast: bool = True,
+) -> bytes:
+    """One JSONL line (with its newline) in the prediction log's format."""
+    if fast and orjson is not None:
+        return orjson.dumps(
+            {
+                "ts": _iso(ts),
+                "request_id": request_id,
+                "model_name": model_name,
+                "model_version": model_version,
+                "inputs": {k: _fast_values(v) for k, v in inputs.items()},
+                "outputs": {k: _fast_values(v) for k, v in outputs.items()},
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE,
+        )
+    line = json.dumps(
+        {
+            "ts": _iso(ts),
+            "request_id": request_id,
+            "model_name": model_name,
+            "model_version": model_version,
+            "inputs": {k: _values(v) for k, v in inputs.items()},
+            "outputs": {k: _values(v) for k, v in outputs.items()},
+        },
+        separators=(",", ":"),
+    )
+    return (line + "\n").encode("utf-8")
 
 
 def _values(array: np.ndarray) -> list:
@@ -50,7 +98,7 @@ def _values(array: np.ndarray) -> list:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -94,6 +142,7 @@ class PredictionLog:
         buffer_size: int = 100_000,
         flush_interval_s: float = 0.05,
         stats=None,
+        fast_json: bool = True,
     ):
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError("sample_rate must be within [0, 1]")
@@ -103,6 +152,7 @@ class PredictionLog:
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.buffer_size = buffer_size
+        self.fast_json = fast_json
         self._flush_interval = flush_interval_s
         self._stats = stats
         self._buffer: collections.deque = collections.deque()
@@ -126,8 +176,14 @@ class PredictionLog:
         rate = self.sample_rate
         return rate >= 1.0 or (rate > 0.0 and random.random() < rate)
 
-    def submit(self, request_id: str, model_name: str, model_version: str,
-               inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> bool:
+    def submit(
+        self,
+        request_id: str,
+        model_name: str,
+        model_version: str,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+    ) -> bool:
         """Buffer one record (arrays are referenced, not copied); False when it had to be dropped."""
         if len(self._buffer) >= self.buffer_size:
             self.dropped += 1
@@ -157,10 +213,10 @@ class PredictionLog:
 
     def _open_segment(self) -> None:
         now = time.time()
-        stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S")
         self._seq += 1
         self._path = self.directory / f"predictions-{stamp}-{os.getpid()}-{self._seq:06d}{OPEN_SUFFIX}"
-        self._file = open(self._path, "a", encoding="utf-8")
+        self._file = open(self._path, "ab")  # noqa: SIM115 - open across calls
         self._opened_at = now
         self._bytes = 0
 
@@ -177,29 +233,29 @@ class PredictionLog:
 
     def _write_buffered(self) -> None:
         buffer = self._buffer
+        pending: list[bytes] = []
+        size = 0
         while buffer:
-            lines = []
-            for _ in range(min(len(buffer), 2048)):
-                ts, request_id, model_name, model_version, inputs, outputs = buffer.popleft()
-                lines.append(json.dumps({
-                    "ts": _iso(ts),
-                    "request_id": request_id,
-                    "model_name": model_name,
-                    "model_version": model_version,
-                    "inputs": {k: _values(v) for k, v in inputs.items()},
-                    "outputs": {k: _values(v) for k, v in outputs.items()},
-                }, separators=(",", ":")))
-            if self._file is None:
-                self._open_segment()
-            text = "\n".join(lines) + "\n"
-            self._file.write(text)
-            self._file.flush()
-            self._bytes += len(text)
-            self.written += len(lines)
-            if self._stats is not None:
-                self._stats.log_written += len(lines)
-            if self._bytes >= self.max_bytes:
-                self._close_segment()
+            line = encode_record(*buffer.popleft(), fast=self.fast_json)
+            pending.append(line)
+            size += len(line)
+            if self._bytes + size >= self.max_bytes or len(pending) >= 4096:
+                self._write(pending, size)
+                pending, size = [], 0
+        if pending:
+            self._write(pending, size)
+
+    def _write(self, lines: list[bytes], size: int) -> None:
+        if self._file is None:
+            self._open_segment()
+        self._file.write(b"".join(lines))
+        self._file.flush()  # in the OS's hands: survives a crash of this process
+        self._bytes += size
+        self.written += len(lines)
+        if self._stats is not None:
+            self._stats.log_written += len(lines)
+        if self._bytes >= self.max_bytes:
+            self._close_segment()
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write everything buffered, close the open segment (renamed to .jsonl) and stop."""

@@ -86,8 +86,10 @@ class MlflowSource:
         if not target.exists() or not any(target.rglob("*.onnx")):
             target.mkdir(parents=True, exist_ok=True)
             mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=str(target),
-                tracking_uri=self.tracking_uri, registry_uri=self.registry_uri,
+                artifact_uri=uri,
+                dst_path=str(target),
+                tracking_uri=self.tracking_uri,
+                registry_uri=self.registry_uri,
             )
         return find_onnx(target), uri
 
@@ -98,8 +100,15 @@ class MlflowSource:
 class RegistryFollower(threading.Thread):
     """Keeps the repository's versions of `name` in step with the source's aliases."""
 
-    def __init__(self, repository: ModelRepository, loop: asyncio.AbstractEventLoop, source, name: str,
-                 aliases: list[str], poll_interval: float = 5.0):
+    def __init__(
+        self,
+        repository: ModelRepository,
+        loop: asyncio.AbstractEventLoop,
+        source,
+        name: str,
+        aliases: list[str],
+        poll_interval: float = 5.0,
+    ):
         super().__init__(name=f"follow-{name}", daemon=True)
         self.repository = repository
         self.loop = loop
@@ -125,7 +134,6 @@ class RegistryFollower(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self._wake.set()
-
 
     def _call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()

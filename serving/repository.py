@@ -41,6 +41,9 @@ class RepositoryConfig:
     intra_op_threads: int = 1
     nan_policy: str = "reject"
     default_alias: str = "champion"
+    # Batches expected to compute faster than this run inline on the event loop; slower ones on
+    # the model's compute thread (a thread hand-off costs tens of microseconds).
+    inline_budget_us: float = 500.0
 
 
 @dataclass
@@ -72,7 +75,9 @@ def example_inputs(signature: ModelSignature, rows: int) -> dict[str, np.ndarray
     """Neutral inputs (zeros, empty strings) for warm-up: `rows` on the batch dimension, 1 elsewhere."""
     feeds = {}
     for spec in signature.inputs:
-        shape = tuple(rows if (i == 0 and signature.batched) else (d if d >= 0 else 1) for i, d in enumerate(spec.shape))
+        shape = tuple(
+            rows if (i == 0 and signature.batched) else (d if d >= 0 else 1) for i, d in enumerate(spec.shape)
+        )
         if spec.datatype == "BYTES":
             array = np.empty(shape, dtype=object)
             array.fill("")
@@ -85,8 +90,16 @@ def example_inputs(signature: ModelSignature, rows: int) -> dict[str, np.ndarray
 class LoadedModel:
     """One loaded version: its session, signature, statistics and (optionally) batcher."""
 
-    def __init__(self, name: str, version: str, session, signature: ModelSignature, source: str,
-                 config: RepositoryConfig, stats: ServerStats):
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        session,
+        signature: ModelSignature,
+        source: str,
+        config: RepositoryConfig,
+        stats: ServerStats,
+    ):
         self.name = name
         self.version = version
         self.session = session
@@ -98,6 +111,7 @@ class LoadedModel:
         self.output_datatypes = [o.datatype for o in signature.outputs]
         self.stats = stats.model(name, version)
         self.batcher: DynamicBatcher | None = None
+        self.cost_ns = (0.0, 0.0)  # (fixed, per row) compute time, measured by the warm-up
         self._config = config
 
     def run(self, feeds: dict[str, np.ndarray]):
@@ -110,6 +124,8 @@ class LoadedModel:
                 max_batch_size=self.max_batch_size,
                 max_queue_delay_us=self._config.max_queue_delay_us,
                 capacity=self._config.queue_capacity,
+                inline_budget_us=self._config.inline_budget_us,
+                cost_ns=self.cost_ns,
                 on_batch=self.stats.record_batch,
                 thread_name=f"batch-{self.name}-{self.version}",
             )
@@ -117,6 +133,10 @@ class LoadedModel:
     async def infer(self, feeds: dict[str, np.ndarray], rows: int) -> BatchResult:
         batcher = self.batcher
         if batcher is not None:
+            if self.stats.pending <= 1:  # no other request in flight: nothing to batch with
+                result = batcher.run_alone(feeds, rows)
+                if result is not None:
+                    return result
             return await batcher.submit(feeds, rows)
         result = run_direct(self.run, feeds, rows)
         self.stats.record_batch(rows, result.compute_ns)
@@ -193,8 +213,10 @@ class ModelRepository:
     def _refuse(self, name: str, version: str, source: str, kind: str, reason: str) -> ModelLoadError:
         self._record(name, version, UNAVAILABLE, reason, source)
         self.stats.record_swap_failure(name, kind)
-        log.error("model version refused", extra={"model": name, "version": version, "reason": reason,
-                                                  "failure": kind, "source": source})
+        log.error(
+            "model version refused",
+            extra={"model": name, "version": version, "reason": reason, "failure": kind, "source": source},
+        )
         return ModelLoadError(f"model '{name}' version {version} refused: {reason}")
 
     def served_signature(self, name: str) -> tuple[str, ModelSignature] | None:
@@ -224,7 +246,10 @@ class ModelRepository:
             difference = served[1].difference(signature)
             if difference is not None:
                 raise self._refuse(
-                    name, version, source, "signature_changed",
+                    name,
+                    version,
+                    source,
+                    "signature_changed",
                     f"signature differs from served version {served[0]}: {difference}",
                 )
         model = LoadedModel(name, version, session, signature, source, self.config, self.stats)
@@ -236,14 +261,26 @@ class ModelRepository:
 
     @staticmethod
     def warm_up(model: LoadedModel) -> None:
-        """Run the model on neutral inputs (one row and a full batch) and check the output shapes."""
+        """Run the model on neutral inputs (one row and a batch), check the output shapes, and
+        time the second runs: the batcher's first estimate of a batch's cost."""
         sizes = [1] + ([min(model.max_batch_size, 64)] if model.max_batch_size > 1 else [])
+        timings = {}
         for rows in sizes:
-            outputs = model.run(example_inputs(model.signature, rows))
+            feeds = example_inputs(model.signature, rows)
+            for _ in range(2):
+                start = time.perf_counter_ns()
+                outputs = model.run(feeds)
+                timings[rows] = time.perf_counter_ns() - start
             if model.signature.batched:
-                for name, out in zip(model.output_names, outputs):
+                for name, out in zip(model.output_names, outputs, strict=True):
                     if out.shape[:1] != (rows,):
                         raise ValueError(f"output '{name}' has shape {list(out.shape)} for {rows} input rows")
+        if len(timings) == 2:
+            (one, t1), (many, tn) = sorted(timings.items())
+            per_row = max(0.0, (tn - t1) / (many - one))
+            model.cost_ns = (max(0.0, t1 - per_row), per_row)
+        else:
+            model.cost_ns = (float(timings[1]), 0.0)
 
     # --- routing (event loop) -------------------------------------------------------------------
 
@@ -285,10 +322,15 @@ class ModelRepository:
         new_default = self._routes[name].get("")
         if previous_default is not None and new_default is not previous_default:
             self.stats.record_swap(name)
-        log.info("model version serving", extra={
-            "model": name, "version": model.version, "aliases": list(aliases),
-            "replaced": previous_default.version if previous_default is not None else None,
-        })
+        log.info(
+            "model version serving",
+            extra={
+                "model": name,
+                "version": model.version,
+                "aliases": list(aliases),
+                "replaced": previous_default.version if previous_default is not None else None,
+            },
+        )
         await self._drop(dropped)
 
     async def unassign(self, name: str, alias: str) -> None:
@@ -314,8 +356,7 @@ class ModelRepository:
             self._record(model.name, model.version, UNLOADING, source=model.source)
             await model.drain()
             self._record(model.name, model.version, UNAVAILABLE, reason, source=model.source)
-            log.info("model version unloaded", extra={"model": model.name, "version": model.version,
-                                                      "reason": reason})
+            log.info("model version unloaded", extra={"model": model.name, "version": model.version, "reason": reason})
 
     # --- reporting ------------------------------------------------------------------------------
 

@@ -18,16 +18,16 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import signal
 import shutil
+import signal
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger("serving.server")
 
@@ -87,54 +87,123 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--host", default=_env("MLOPS_SERVE_HOST", d.host), help="gRPC bind address [MLOPS_SERVE_HOST]")
     a("--port", type=int, default=_env("MLOPS_SERVE_PORT", d.port, int), help="gRPC port [MLOPS_SERVE_PORT]")
-    a("--metrics-port", type=int, default=_env("MLOPS_SERVE_METRICS_PORT", d.metrics_port, int),
-      help="HTTP port for /health, /ready, /metrics; -1 turns it off [MLOPS_SERVE_METRICS_PORT]")
+    a(
+        "--metrics-port",
+        type=int,
+        default=_env("MLOPS_SERVE_METRICS_PORT", d.metrics_port, int),
+        help="HTTP port for /health, /ready, /metrics; -1 turns it off [MLOPS_SERVE_METRICS_PORT]",
+    )
     a("--tracking-uri", default=_env("MLFLOW_TRACKING_URI", None), help="MLflow tracking URI [MLFLOW_TRACKING_URI]")
-    a("--registry-uri", default=_env("MLFLOW_REGISTRY_URI", None),
-      help="MLflow registry URI, if not the tracking URI [MLFLOW_REGISTRY_URI]")
+    a(
+        "--registry-uri",
+        default=_env("MLFLOW_REGISTRY_URI", None),
+        help="MLflow registry URI, if not the tracking URI [MLFLOW_REGISTRY_URI]",
+    )
     a("--model-name", default=_env("MLOPS_MODEL_NAME", d.model_name), help="registered model name [MLOPS_MODEL_NAME]")
-    a("--aliases", default=_env("MLOPS_SERVE_ALIASES", ",".join(d.aliases)),
-      help="comma-separated aliases to serve; the first is the default version [MLOPS_SERVE_ALIASES]")
-    a("--model-path", default=_env("MLOPS_SERVE_MODEL_PATH", None),
-      help="serve this ONNX file instead of following the registry [MLOPS_SERVE_MODEL_PATH]")
-    a("--model-version", default=_env("MLOPS_SERVE_MODEL_VERSION", d.model_version),
-      help="version label of --model-path [MLOPS_SERVE_MODEL_VERSION]")
-    a("--poll-interval", type=float, default=_env("MLOPS_SERVE_POLL_INTERVAL", d.poll_interval, float),
-      help="seconds between registry polls [MLOPS_SERVE_POLL_INTERVAL]")
-    a("--cache-dir", default=_env("MLOPS_SERVE_CACHE_DIR", None),
-      help="where downloaded versions are kept; default $MLOPS_HOME/serving_cache [MLOPS_SERVE_CACHE_DIR]")
-    a("--batching", action=argparse.BooleanOptionalAction, default=_env("MLOPS_SERVE_BATCHING", d.batching, bool),
-      help="dynamic batching [MLOPS_SERVE_BATCHING=1|0]")
-    a("--max-batch-size", type=int, default=_env("MLOPS_SERVE_MAX_BATCH_SIZE", d.max_batch_size, int),
-      help="most rows per request and per batch [MLOPS_SERVE_MAX_BATCH_SIZE]")
-    a("--max-queue-delay-us", type=int, default=_env("MLOPS_SERVE_MAX_QUEUE_DELAY_US", d.max_queue_delay_us, int),
-      help="longest a batch waits for more rows, only while more are expected [MLOPS_SERVE_MAX_QUEUE_DELAY_US]")
-    a("--queue-capacity", type=int, default=_env("MLOPS_SERVE_QUEUE_CAPACITY", d.queue_capacity, int),
-      help="requests queued per model version before RESOURCE_EXHAUSTED [MLOPS_SERVE_QUEUE_CAPACITY]")
-    a("--workers", type=int, default=_env("MLOPS_SERVE_WORKERS", d.workers, int),
-      help="worker processes sharing the port (SO_REUSEPORT) [MLOPS_SERVE_WORKERS]")
-    a("--intra-op-threads", type=int, default=_env("MLOPS_SERVE_INTRA_OP_THREADS", d.intra_op_threads, int),
-      help="ONNX Runtime threads per model run [MLOPS_SERVE_INTRA_OP_THREADS]")
-    a("--nan-policy", choices=["reject", "allow_nan", "allow"],
-      default=_env("MLOPS_SERVE_NAN_POLICY", d.nan_policy),
-      help="float inputs with NaN/Inf: reject both, allow NaN only, or allow both [MLOPS_SERVE_NAN_POLICY]")
-    a("--token", default=_env("MLOPS_SERVE_TOKEN", None),
-      help="require 'authorization: Bearer <token>' metadata [MLOPS_SERVE_TOKEN]")
+    a(
+        "--aliases",
+        default=_env("MLOPS_SERVE_ALIASES", ",".join(d.aliases)),
+        help="comma-separated aliases to serve; the first is the default version [MLOPS_SERVE_ALIASES]",
+    )
+    a(
+        "--model-path",
+        default=_env("MLOPS_SERVE_MODEL_PATH", None),
+        help="serve this ONNX file instead of following the registry [MLOPS_SERVE_MODEL_PATH]",
+    )
+    a(
+        "--model-version",
+        default=_env("MLOPS_SERVE_MODEL_VERSION", d.model_version),
+        help="version label of --model-path [MLOPS_SERVE_MODEL_VERSION]",
+    )
+    a(
+        "--poll-interval",
+        type=float,
+        default=_env("MLOPS_SERVE_POLL_INTERVAL", d.poll_interval, float),
+        help="seconds between registry polls [MLOPS_SERVE_POLL_INTERVAL]",
+    )
+    a(
+        "--cache-dir",
+        default=_env("MLOPS_SERVE_CACHE_DIR", None),
+        help="where downloaded versions are kept; default $MLOPS_HOME/serving_cache [MLOPS_SERVE_CACHE_DIR]",
+    )
+    a(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=_env("MLOPS_SERVE_BATCHING", d.batching, bool),
+        help="dynamic batching [MLOPS_SERVE_BATCHING=1|0]",
+    )
+    a(
+        "--max-batch-size",
+        type=int,
+        default=_env("MLOPS_SERVE_MAX_BATCH_SIZE", d.max_batch_size, int),
+        help="most rows per request and per batch [MLOPS_SERVE_MAX_BATCH_SIZE]",
+    )
+    a(
+        "--max-queue-delay-us",
+        type=int,
+        default=_env("MLOPS_SERVE_MAX_QUEUE_DELAY_US", d.max_queue_delay_us, int),
+        help="longest a batch waits for more rows, only while more are expected [MLOPS_SERVE_MAX_QUEUE_DELAY_US]",
+    )
+    a(
+        "--queue-capacity",
+        type=int,
+        default=_env("MLOPS_SERVE_QUEUE_CAPACITY", d.queue_capacity, int),
+        help="requests queued per model version before RESOURCE_EXHAUSTED [MLOPS_SERVE_QUEUE_CAPACITY]",
+    )
+    a(
+        "--workers",
+        type=int,
+        default=_env("MLOPS_SERVE_WORKERS", d.workers, int),
+        help="worker processes sharing the port (SO_REUSEPORT) [MLOPS_SERVE_WORKERS]",
+    )
+    a(
+        "--intra-op-threads",
+        type=int,
+        default=_env("MLOPS_SERVE_INTRA_OP_THREADS", d.intra_op_threads, int),
+        help="ONNX Runtime threads per model run [MLOPS_SERVE_INTRA_OP_THREADS]",
+    )
+    a(
+        "--nan-policy",
+        choices=["reject", "allow_nan", "allow"],
+        default=_env("MLOPS_SERVE_NAN_POLICY", d.nan_policy),
+        help="float inputs with NaN/Inf: reject both, allow NaN only, or allow both [MLOPS_SERVE_NAN_POLICY]",
+    )
+    a(
+        "--token",
+        default=_env("MLOPS_SERVE_TOKEN", None),
+        help="require 'authorization: Bearer <token>' metadata [MLOPS_SERVE_TOKEN]",
+    )
     a("--tls-cert", default=_env("MLOPS_SERVE_TLS_CERT", None), help="PEM certificate for TLS [MLOPS_SERVE_TLS_CERT]")
     a("--tls-key", default=_env("MLOPS_SERVE_TLS_KEY", None), help="PEM private key for TLS [MLOPS_SERVE_TLS_KEY]")
-    a("--prediction-log-dir", default=_env("MLOPS_PREDICTION_LOG_DIR", None),
-      help="prediction log folder; default $MLOPS_HOME/prediction_log [MLOPS_PREDICTION_LOG_DIR]")
-    a("--prediction-log-sample-rate", type=float,
-      default=_env("MLOPS_PREDICTION_LOG_SAMPLE_RATE", d.prediction_log_sample_rate, float),
-      help="share of requests logged, 0 turns the log off [MLOPS_PREDICTION_LOG_SAMPLE_RATE]")
-    a("--prediction-log-max-bytes", type=int,
-      default=_env("MLOPS_PREDICTION_LOG_MAX_BYTES", d.prediction_log_max_bytes, int),
-      help="rotate a segment past this size [MLOPS_PREDICTION_LOG_MAX_BYTES]")
-    a("--prediction-log-max-age-s", type=float,
-      default=_env("MLOPS_PREDICTION_LOG_MAX_AGE_S", d.prediction_log_max_age_s, float),
-      help="rotate a segment past this age [MLOPS_PREDICTION_LOG_MAX_AGE_S]")
-    a("--grace-period", type=float, default=_env("MLOPS_SERVE_GRACE_PERIOD", d.grace_period, float),
-      help="seconds in-flight requests get to finish on SIGTERM [MLOPS_SERVE_GRACE_PERIOD]")
+    a(
+        "--prediction-log-dir",
+        default=_env("MLOPS_PREDICTION_LOG_DIR", None),
+        help="prediction log folder; default $MLOPS_HOME/prediction_log [MLOPS_PREDICTION_LOG_DIR]",
+    )
+    a(
+        "--prediction-log-sample-rate",
+        type=float,
+        default=_env("MLOPS_PREDICTION_LOG_SAMPLE_RATE", d.prediction_log_sample_rate, float),
+        help="share of requests logged, 0 turns the log off [MLOPS_PREDICTION_LOG_SAMPLE_RATE]",
+    )
+    a(
+        "--prediction-log-max-bytes",
+        type=int,
+        default=_env("MLOPS_PREDICTION_LOG_MAX_BYTES", d.prediction_log_max_bytes, int),
+        help="rotate a segment past this size [MLOPS_PREDICTION_LOG_MAX_BYTES]",
+    )
+    a(
+        "--prediction-log-max-age-s",
+        type=float,
+        default=_env("MLOPS_PREDICTION_LOG_MAX_AGE_S", d.prediction_log_max_age_s, float),
+        help="rotate a segment past this age [MLOPS_PREDICTION_LOG_MAX_AGE_S]",
+    )
+    a(
+        "--grace-period",
+        type=float,
+        default=_env("MLOPS_SERVE_GRACE_PERIOD", d.grace_period, float),
+        help="seconds in-flight requests get to finish on SIGTERM [MLOPS_SERVE_GRACE_PERIOD]",
+    )
     a("--log-level", default=_env("MLOPS_SERVE_LOG_LEVEL", d.log_level), help="[MLOPS_SERVE_LOG_LEVEL]")
     return p
 
@@ -148,6 +217,8 @@ def parse_config(argv: list[str] | None = None) -> ServeConfig:
         raise SystemExit("mlops-serve: --aliases needs at least one alias")
     if bool(config.tls_cert) != bool(config.tls_key):
         raise SystemExit("mlops-serve: --tls-cert and --tls-key go together")
+    if config.workers > 1 and config.port == 0:
+        raise SystemExit("mlops-serve: --workers > 1 needs a fixed --port (the workers share it)")
     if not config.model_path and not config.tracking_uri:
         raise SystemExit("mlops-serve: give --tracking-uri (or MLFLOW_TRACKING_URI) or --model-path")
     return config
@@ -167,7 +238,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopped = threading.Event()
 
-    async def run(self, started: Callable[["Worker"], None] | None = None) -> None:
+    async def run(self, started: Callable[[Worker], None] | None = None) -> None:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         from grpc_health.v1._async import HealthServicer
@@ -188,9 +259,13 @@ class Worker:
         self.stats = stats
         repository = ModelRepository(
             RepositoryConfig(
-                max_batch_size=cfg.max_batch_size, max_queue_delay_us=cfg.max_queue_delay_us,
-                queue_capacity=cfg.queue_capacity, batching=cfg.batching,
-                intra_op_threads=cfg.intra_op_threads, nan_policy=cfg.nan_policy, default_alias=cfg.aliases[0],
+                max_batch_size=cfg.max_batch_size,
+                max_queue_delay_us=cfg.max_queue_delay_us,
+                queue_capacity=cfg.queue_capacity,
+                batching=cfg.batching,
+                intra_op_threads=cfg.intra_op_threads,
+                nan_policy=cfg.nan_policy,
+                default_alias=cfg.aliases[0],
             ),
             stats,
         )
@@ -200,8 +275,11 @@ class Worker:
         prediction_log = None
         if cfg.prediction_log_sample_rate > 0:
             prediction_log = PredictionLog(
-                cfg.prediction_log_dir, sample_rate=cfg.prediction_log_sample_rate,
-                max_bytes=cfg.prediction_log_max_bytes, max_age_s=cfg.prediction_log_max_age_s, stats=stats,
+                cfg.prediction_log_dir,
+                sample_rate=cfg.prediction_log_sample_rate,
+                max_bytes=cfg.prediction_log_max_bytes,
+                max_age_s=cfg.prediction_log_max_age_s,
+                stats=stats,
             )
         if cfg.model_path:
             source = PathSource(cfg.model_path, cfg.model_version, default_alias=cfg.aliases[0])
@@ -225,9 +303,23 @@ class Worker:
         )
         servicer = InferenceServicer(repository, stats, prediction_log, {cfg.model_name: follower}, state)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-        health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
         service_name = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+        class LiveHealth(HealthServicer):
+            """Check answers from the live readiness, so it never lags /ready; Watch follows it."""
+
+            async def Check(self, request, context):  # noqa: N802 - gRPC method name
+                if request.service in ("", service_name):
+                    ready = state.accepting and repository.is_ready()
+                    return health_pb2.HealthCheckResponse(
+                        status=health_pb2.HealthCheckResponse.SERVING
+                        if ready
+                        else health_pb2.HealthCheckResponse.NOT_SERVING
+                    )
+                return await super().Check(request, context)
+
+        health = LiveHealth()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
             [service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
@@ -248,9 +340,18 @@ class Worker:
         if cfg.metrics_dir:
             publisher = SnapshotPublisher(stats, Path(cfg.metrics_dir))
             publisher.start()
-        log.info("gRPC server started", extra={"address": address, "port": self.port, "tls": bool(cfg.tls_cert),
-                                               "auth": bool(cfg.token), "batching": cfg.batching,
-                                               "pid": os.getpid(), "source": source.describe()})
+        log.info(
+            "gRPC server started",
+            extra={
+                "address": address,
+                "port": self.port,
+                "tls": bool(cfg.tls_cert),
+                "auth": bool(cfg.token),
+                "batching": cfg.batching,
+                "pid": os.getpid(),
+                "source": source.describe(),
+            },
+        )
         if started is not None:
             started(self)
 
@@ -259,7 +360,9 @@ class Worker:
             while True:
                 ready = state.accepting and repository.is_ready()
                 if ready != serving:
-                    status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+                    status = (
+                        health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+                    )
                     await health.set("", status)
                     await health.set(service_name, status)
                     if self.ready_flag is not None:
@@ -284,8 +387,10 @@ class Worker:
                 await loop.run_in_executor(None, prediction_log.close)
             if publisher is not None:
                 publisher.stop()
-            log.info("stopped", extra={"pid": os.getpid(),
-                                       "prediction_log_written": prediction_log.written if prediction_log else 0})
+            log.info(
+                "stopped",
+                extra={"pid": os.getpid(), "prediction_log_written": prediction_log.written if prediction_log else 0},
+            )
             self.stopped.set()
 
     def request_stop(self) -> None:
@@ -300,8 +405,9 @@ class Worker:
 # --- HTTP side port ---------------------------------------------------------------------------------
 
 
-def start_http(host: str, port: int, ready: Callable[[], bool], snapshot: Callable[[], dict],
-               workers: int = 1) -> ThreadingHTTPServer:
+def start_http(
+    host: str, port: int, ready: Callable[[], bool], snapshot: Callable[[], dict], workers: int = 1
+) -> ThreadingHTTPServer:
     """Serve /health (live), /ready and /metrics on a daemon thread; never behind the token."""
     from serving.metrics import render
 
@@ -418,8 +524,9 @@ def run_workers(config: ServeConfig) -> int:
     httpd = None
     if config.metrics_port >= 0:
         httpd = start_http(config.host, config.metrics_port, ready, snapshot, config.workers)
-    log.info("workers started", extra={"workers": config.workers, "port": config.port,
-                                       "pids": [c.pid for c in children]})
+    log.info(
+        "workers started", extra={"workers": config.workers, "port": config.port, "pids": [c.pid for c in children]}
+    )
     while not stopping.wait(0.5):
         for i, child in enumerate(children):
             if not child.is_alive():

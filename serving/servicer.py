@@ -20,7 +20,14 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from serving.codec import decode_inputs, encode_outputs
-from serving.errors import InvalidInput, ModelLoadError, ModelNotFound, ServingError
+from serving.errors import (
+    INTERNAL_MESSAGE,
+    InternalError,
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ServingError,
+)
 from serving.signature import DATATYPE_TO_TRITON
 
 log = logging.getLogger("serving.servicer")
@@ -65,8 +72,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         model = self._repo.get(request.name, request.version)
-        response = pb.ModelMetadataResponse(name=model.name, versions=self._repo.versions(model.name),
-                                            platform=PLATFORM)
+        response = pb.ModelMetadataResponse(
+            name=model.name, versions=self._repo.versions(model.name), platform=PLATFORM
+        )
         for spec in model.signature.inputs:
             response.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         for spec in model.signature.outputs:
@@ -76,8 +84,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request, context):
         model = self._repo.get(request.name, request.version)
         batched = model.max_batch_size > 0
-        config = mc.ModelConfig(name=model.name, platform=PLATFORM, backend="onnxruntime",
-                                max_batch_size=model.max_batch_size)
+        config = mc.ModelConfig(
+            name=model.name, platform=PLATFORM, backend="onnxruntime", max_batch_size=model.max_batch_size
+        )
         for specs, add in ((model.signature.inputs, config.input.add), (model.signature.outputs, config.output.add)):
             for spec in specs:
                 dims = spec.shape[1:] if batched else spec.shape
@@ -99,8 +108,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             if (name and model_name != name) or (version and model_version != version):
                 continue
             entry = response.model_stats.add(
-                name=model_name, version=model_version, last_inference=s.last_inference_ms,
-                inference_count=s.inference_count, execution_count=s.execution_count,
+                name=model_name,
+                version=model_version,
+                last_inference=s.last_inference_ms,
+                inference_count=s.inference_count,
+                execution_count=s.execution_count,
             )
             stats = entry.inference_stats
             stats.success.count, stats.success.ns = s.success_count, s.success_ns
@@ -151,6 +163,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             codes[exc.code.name] = codes.get(exc.code.name, 0) + 1
             raise
         request_id = request.id or self._id_prefix + str(next(self._ids))
+        stats = model.stats
+        stats.pending += 1
         try:
             feeds, rows = decode_inputs(request, model.signature, model.max_batch_size, model.nan_policy)
             decoded = time.perf_counter_ns()
@@ -161,21 +175,52 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 names, outputs, datatypes = self._select_outputs(request, names, outputs, datatypes)
             response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request_id)
             encode_outputs(response, names, outputs, datatypes)
-        except (ServingError, asyncio.CancelledError, Exception) as exc:
-            code = exc.code.name if isinstance(exc, ServingError) else type(exc).__name__
-            model.stats.record_failure(time.perf_counter_ns() - start, code)
-            if isinstance(exc, ServingError):
-                log.info("inference refused", extra={"request_id": request_id, "model": model.name,
-                                                     "version": model.version, "code": code, "reason": exc.reason})
+        except ServingError as exc:
+            stats.pending -= 1
+            stats.record_failure(time.perf_counter_ns() - start, exc.code.name)
+            log.info(
+                "inference refused",
+                extra={
+                    "request_id": request_id,
+                    "model": model.name,
+                    "version": model.version,
+                    "code": exc.code.name,
+                    "reason": exc.reason,
+                },
+            )
             raise
+        except asyncio.CancelledError:  # the client went away
+            stats.pending -= 1
+            stats.record_failure(time.perf_counter_ns() - start, "CANCELLED")
+            raise
+        except Exception as exc:
+            stats.pending -= 1
+            stats.record_failure(time.perf_counter_ns() - start, "INTERNAL")
+            log.error(
+                "inference failed",
+                exc_info=True,
+                extra={"request_id": request_id, "model": model.name, "version": model.version},
+            )
+            raise InternalError(INTERNAL_MESSAGE) from exc
         end = time.perf_counter_ns()
-        model.stats.record_success(end - start, decoded - start, result.queue_ns, result.compute_ns, end - computed)
+        stats.pending -= 1
+        stats.record_success(end - start, decoded - start, result.queue_ns, result.compute_ns, end - computed)
         plog = self._log
         if plog is not None and plog.sampled():
-            plog.submit(request_id, model.name, model.version, feeds, dict(zip(names, outputs)))
+            # Every output is logged, whichever the client asked for.
+            all_outputs = dict(zip(model.output_names, result.outputs, strict=True))
+            plog.submit(request_id, model.name, model.version, feeds, all_outputs)
         if self._debug:
-            log.debug("inference", extra={"request_id": request_id, "model": model.name, "version": model.version,
-                                          "rows": rows, "duration_us": (end - start) // 1000})
+            log.debug(
+                "inference",
+                extra={
+                    "request_id": request_id,
+                    "model": model.name,
+                    "version": model.version,
+                    "rows": rows,
+                    "duration_us": (end - start) // 1000,
+                },
+            )
         return response
 
     @staticmethod

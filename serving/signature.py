@@ -8,6 +8,7 @@ swappable only when their signatures are equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -90,16 +91,36 @@ class TensorSpec:
         return self.datatype in ("FP16", "FP32", "FP64")
 
 
+class InputPlan:
+    """What request decoding needs to know about one input, computed once per signature."""
+
+    __slots__ = ("spec", "name", "datatype", "dtype", "itemsize", "ndim", "static", "is_float")
+
+    def __init__(self, spec: TensorSpec):
+        self.spec = spec
+        self.name = spec.name
+        self.datatype = spec.datatype
+        self.dtype = spec.numpy_dtype
+        self.itemsize = spec.numpy_dtype.itemsize
+        self.ndim = len(spec.shape)
+        self.static = tuple((i, d) for i, d in enumerate(spec.shape) if d != -1)
+        self.is_float = spec.is_float
+
+
 @dataclass(frozen=True)
 class ModelSignature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
-    @property
+    @cached_property
     def batched(self) -> bool:
         """True when every tensor's first dimension is dynamic: rows may be batched together."""
         tensors = self.inputs + self.outputs
         return bool(tensors) and all(len(t.shape) >= 1 and t.shape[0] == -1 for t in tensors)
+
+    @cached_property
+    def plans(self) -> dict[str, InputPlan]:
+        return {spec.name: InputPlan(spec) for spec in self.inputs}
 
     def input(self, name: str) -> TensorSpec | None:
         for spec in self.inputs:

@@ -1,0 +1,564 @@
+"""The serving benchmark: this server against raw onnxruntime and `mlflow models serve`, side by side.
+
+    python -m benchmarks.serving_bench            # full run (several minutes)
+    python -m benchmarks.serving_bench --quick    # a short pass over every cell
+
+One model (the flight-delay signature: 7 float + 3 string inputs, an MLP of 256-256 in the graph)
+and one set of rows serve every target:
+
+- `onnxruntime`: raw `session.run` in this process (threads for concurrency): the limit;
+- `mlflow_serve`: `mlflow models serve --env-manager local -w 1` on the same model, over REST;
+- `serve_batching_off`: this server without the batcher and without the optional features;
+- `serve_batching_on`: the same with dynamic batching;
+- `serve_all_features`: batching, NaN/Inf validation, the prediction log (every request) and a
+  bearer token (metrics and signature validation are always on).
+
+Each cell is concurrency 1 or 16 with 1-row or 64-row requests. The load generators are Python
+processes with pre-serialised requests (raw gRPC for this server, raw HTTP/1.1 keep-alive for
+mlflow); cells are interleaved across targets and repeated, and medians are reported. Server CPU
+per request (from /proc, all of the server's processes) is reported too: on a shared 2-core machine
+it is steadier than throughput. With `--perf-analyzer` (after benchmarks/tools/perf_analyzer.sh
+setup), the gRPC targets are also measured with Triton's perf_analyzer, whose client is C++.
+Results go to benchmarks/results/serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import ROOT, write_result
+
+MODEL = "flight_delay"
+TOKEN = "bench-token"
+CONCURRENCY = (1, 16)
+ROWS = (1, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and all its descendants (mlflow serve runs uvicorn in children)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, stack = 0.0, [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+        stack.extend(children.get(current, []))
+    return total
+
+
+# --- requests ------------------------------------------------------------------------------------------
+
+
+def grpc_payload(rows: dict[str, np.ndarray]) -> bytes:
+    from tritonclient.grpc import service_pb2 as pb
+
+    from serving.codec import serialize_bytes
+
+    request = pb.ModelInferRequest(model_name=MODEL)
+    for name, array in rows.items():
+        is_bytes = array.dtype == object
+        request.inputs.add(name=name, datatype="BYTES" if is_bytes else "FP32", shape=list(array.shape))
+        request.raw_input_contents.append(serialize_bytes(array) if is_bytes else array.tobytes())
+    return request.SerializeToString()
+
+
+def http_payload(rows: dict[str, np.ndarray], port: int) -> bytes:
+    body = json.dumps({"inputs": {k: v.tolist() for k, v in rows.items()}}).encode()
+    head = (
+        f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+# --- load generators (each runs in its own process) ------------------------------------------------------
+
+
+async def _grpc_load(target: str, payload: bytes, concurrency: int, seconds: float, token: str | None):
+    import grpc
+
+    channels = [grpc.aio.insecure_channel(target) for _ in range(min(concurrency, 4))]
+    calls = [c.unary_unary("/inference.GRPCInferenceService/ModelInfer") for c in channels]
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(i: int) -> None:
+        nonlocal errors
+        call = calls[i % len(calls)]
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            try:
+                await call(payload, metadata=metadata, timeout=30)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - start)
+
+    await asyncio.gather(*[client(i) for i in range(concurrency)])
+    for channel in channels:
+        await channel.close()
+    return latencies, errors
+
+
+async def _http_load(port: int, payload: bytes, concurrency: int, seconds: float):
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            writer.write(payload)
+            status = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            if b" 200 " not in status:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - start)
+        writer.close()
+
+    await asyncio.gather(*[client() for _ in range(concurrency)])
+    return latencies, errors
+
+
+def _load_process(kind: str, args: tuple, out) -> None:
+    try:
+        load = _grpc_load if kind == "grpc" else _http_load
+        out.put(asyncio.run(load(*args)))
+    except BaseException as exc:  # reported by the parent
+        out.put(([], repr(exc)))
+
+
+def run_load(kind: str, make_args, concurrency: int, seconds: float) -> dict:
+    """Closed-loop load from 1 process (concurrency 1) or 2 processes (higher concurrency)."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    processes = 1 if concurrency == 1 else 2
+    shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
+    workers = [ctx.Process(target=_load_process, args=(kind, make_args(share), out)) for share in shares]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=seconds + 120) for _ in workers]
+    for w in workers:
+        w.join(30)
+    latencies = np.array([x for r in results for x in r[0]])
+    errors = [r[1] for r in results]
+    if any(isinstance(e, str) for e in errors):
+        raise RuntimeError(f"load generator failed: {errors}")
+    return summarize(latencies, seconds, sum(errors))
+
+
+def summarize(latencies: np.ndarray, seconds: float, errors: int = 0) -> dict:
+    if len(latencies) == 0:
+        return {"requests_per_s": 0.0, "p50_ms": None, "p99_ms": None, "errors": errors}
+    return {
+        "requests_per_s": len(latencies) / seconds,
+        "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+        "p99_ms": float(np.percentile(latencies, 99) * 1e3),
+        "errors": errors,
+    }
+
+
+# --- targets --------------------------------------------------------------------------------------------
+
+
+class Target:
+    name = ""
+    pid: int | None = None
+
+    def measure(self, concurrency: int, rows: int, seconds: float) -> dict:
+        cpu_before = process_cpu_seconds(self.pid) if self.pid else None
+        result = self._measure(concurrency, rows, seconds)
+        if self.pid and result["requests_per_s"]:
+            spent = process_cpu_seconds(self.pid) - cpu_before
+            result["server_cpu_ms_per_request"] = spent * 1e3 / (result["requests_per_s"] * seconds)
+        return result
+
+    def stop(self) -> None:
+        pass
+
+
+class OnnxRuntimeTarget(Target):
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, data: dict[int, dict[str, np.ndarray]]):
+        from serving.repository import create_session
+
+        self.session = create_session(str(model_path))
+        self.data = data
+
+    def _measure(self, concurrency, rows, seconds):
+        feeds = self.data[rows]
+        latencies: list[list[float]] = [[] for _ in range(concurrency)]
+        deadline = time.perf_counter() + seconds
+
+        def loop(slot):
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                self.session.run(["probability"], feeds)
+                latencies[slot].append(time.perf_counter() - start)
+
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return summarize(np.array([x for per in latencies for x in per]), seconds)
+
+
+class ServeTarget(Target):
+    def __init__(self, name: str, model_path: Path, data, args: list[str], token: str | None, log_dir: Path):
+        self.name = name
+        self.port, self.metrics_port = free_port(), free_port()
+        self.token = token
+        self.payloads = {rows: grpc_payload(arrays) for rows, arrays in data.items()}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "serving.server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--metrics-port",
+                str(self.metrics_port),
+                "--model-path",
+                str(model_path),
+                "--model-name",
+                MODEL,
+                "--prediction-log-dir",
+                str(log_dir / name),
+                "--log-level",
+                "WARNING",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.pid = self.process.pid
+        wait_http(f"http://127.0.0.1:{self.metrics_port}/ready", 60, self.process)
+
+    def _measure(self, concurrency, rows, seconds):
+        payload = self.payloads[rows]
+        return run_load(
+            "grpc", lambda share: (f"127.0.0.1:{self.port}", payload, share, seconds, self.token), concurrency, seconds
+        )
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class MlflowTarget(Target):
+    name = "mlflow_serve"
+
+    def __init__(self, model_dir: Path, data):
+        self.port = free_port()
+        self.payloads = {rows: http_payload(arrays, self.port) for rows, arrays in data.items()}
+        bin_dir = Path(sys.executable).parent
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+        self.process = subprocess.Popen(
+            [
+                str(bin_dir / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                str(model_dir),
+                "--env-manager",
+                "local",
+                "-w",
+                "1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.pid = self.process.pid
+        wait_http(f"http://127.0.0.1:{self.port}/ping", 120, self.process)
+
+    def _measure(self, concurrency, rows, seconds):
+        payload = self.payloads[rows]
+        return run_load("http", lambda share: (self.port, payload, share, seconds), concurrency, seconds)
+
+    def stop(self):
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            self.process.kill()
+
+
+def wait_http(url: str, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:4]} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+# --- perf_analyzer ----------------------------------------------------------------------------------------
+
+
+def perf_analyzer(target: ServeTarget, concurrency: int, rows: int, seconds: float) -> dict | None:
+    script = ROOT / "benchmarks" / "tools" / "perf_analyzer.sh"
+    venv = Path(os.environ.get("PERF_VENV", ROOT / ".tools-venv"))
+    if not (venv / "bin" / "perf_analyzer").exists():
+        return None
+    env = {**os.environ, "MLOPS_SERVE_URL": f"127.0.0.1:{target.port}", "PERF_VENV": str(venv)}
+    if target.token:
+        env["MLOPS_SERVE_TOKEN"] = target.token
+    else:
+        env.pop("MLOPS_SERVE_TOKEN", None)
+    with tempfile.NamedTemporaryFile(suffix=".csv") as report:
+        done = subprocess.run(
+            [
+                "bash",
+                str(script),
+                "run",
+                "--concurrency-range",
+                str(concurrency),
+                "-b",
+                str(rows),
+                "-p",
+                str(int(seconds * 1000)),
+                "-s",
+                "100",
+                "--max-trials",
+                "3",
+                "-f",
+                report.name,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=seconds * 10 + 120,
+        )
+        if done.returncode != 0:
+            return {"error": (done.stdout + done.stderr)[-400:]}
+        lines = Path(report.name).read_text().splitlines()
+    header, values = lines[0].split(","), lines[1].split(",")
+    row = dict(zip(header, values, strict=False))
+    return {
+        "requests_per_s": float(row["Inferences/Second"]) / rows,
+        "p50_ms": float(row["p50 latency"]) / 1e3,
+        "p99_ms": float(row["p99 latency"]) / 1e3,
+    }
+
+
+# --- main --------------------------------------------------------------------------------------------------
+
+
+def build_model(folder: Path) -> tuple[Path, Path]:
+    import mlflow.onnx
+
+    from serving import demo_models
+
+    model = demo_models.flight_model(seed=0, hidden=(256, 256))
+    path = demo_models.save(model, folder / "flight_delay.onnx")
+    mlflow_dir = folder / "mlflow_model"
+    mlflow.onnx.save_model(
+        model, str(mlflow_dir), save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"]
+    )
+    return path, mlflow_dir
+
+
+def targets_for(folder: Path, model_path: Path, mlflow_dir: Path, data, only: set[str] | None) -> list[Target]:
+    log_dir = folder / "prediction_logs"
+    quiet = ["--prediction-log-sample-rate", "0", "--nan-policy", "allow"]
+    specs = [
+        ("onnxruntime", lambda: OnnxRuntimeTarget(model_path, data)),
+        ("mlflow_serve", lambda: MlflowTarget(mlflow_dir, data)),
+        (
+            "serve_batching_off",
+            lambda: ServeTarget("serve_batching_off", model_path, data, ["--no-batching", *quiet], None, log_dir),
+        ),
+        (
+            "serve_batching_on",
+            lambda: ServeTarget("serve_batching_on", model_path, data, ["--batching", *quiet], None, log_dir),
+        ),
+        (
+            "serve_all_features",
+            lambda: ServeTarget(
+                "serve_all_features",
+                model_path,
+                data,
+                ["--batching", "--token", TOKEN, "--nan-policy", "reject", "--prediction-log-sample-rate", "1"],
+                TOKEN,
+                log_dir,
+            ),
+        ),
+    ]
+    return [make() for name, make in specs if not only or name in only]
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+def verdicts(results: dict) -> dict:
+    def rps(target, c, rows=1):
+        return results.get(target, {}).get(f"c{c}_rows{rows}", {}).get("requests_per_s")
+
+    def p99(target, c, rows=1):
+        return results.get(target, {}).get(f"c{c}_rows{rows}", {}).get("p99_ms")
+
+    out = {
+        "throughput_vs_mlflow_c16": ratio(rps("serve_batching_on", 16), rps("mlflow_serve", 16)),
+        "p99_ms_c16_batching_on": p99("serve_batching_on", 16),
+        "batching_on_over_off_c16": ratio(rps("serve_batching_on", 16), rps("serve_batching_off", 16)),
+        "batching_on_over_off_c1": ratio(rps("serve_batching_on", 1), rps("serve_batching_off", 1)),
+        "all_features_over_batching_on_c16": ratio(rps("serve_all_features", 16), rps("serve_batching_on", 16)),
+        "batching_on_over_off_c16_rows64": ratio(rps("serve_batching_on", 16, 64), rps("serve_batching_off", 16, 64)),
+    }
+    out["targets"] = {
+        "at_least_4x_mlflow_c16": (out["throughput_vs_mlflow_c16"] or 0) >= 4,
+        "p99_under_10ms_c16": (out["p99_ms_c16_batching_on"] or 1e9) < 10,
+        "batching_at_least_1.1x_c16": (out["batching_on_over_off_c16"] or 0) >= 1.1,
+        "batching_at_most_10pct_slower_c1": (out["batching_on_over_off_c1"] or 0) >= 0.9,
+        "all_features_at_least_70pct": (out["all_features_over_batching_on_c16"] or 0) >= 0.7,
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 s per cell, one round")
+    parser.add_argument("--seconds", type=float, help="seconds per cell (default 5, quick 2)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds; medians reported (default 3, quick 1)")
+    parser.add_argument("--targets", help="comma-separated subset of targets")
+    parser.add_argument(
+        "--perf-analyzer",
+        action="store_true",
+        help="also measure the gRPC targets with perf_analyzer (tools venv must exist)",
+    )
+    parser.add_argument("--output", default="serving", help="result name under benchmarks/results/")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
+    rounds = args.rounds or (1 if args.quick else 3)
+    only = set(args.targets.split(",")) if args.targets else None
+
+    folder = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from serving import demo_models
+
+    model_path, mlflow_dir = build_model(folder)
+    data = {rows: demo_models.flight_rows(rows, seed=rows) for rows in ROWS}
+    targets = targets_for(folder, model_path, mlflow_dir, data, only)
+    samples: dict[str, dict[str, list[dict]]] = {t.name: {} for t in targets}
+    try:
+        for target in targets:  # warm every path once before measuring
+            target.measure(1, 1, 0.5)
+        for round_ in range(rounds):
+            for concurrency in CONCURRENCY:
+                for rows in ROWS:
+                    for target in targets:
+                        cell = f"c{concurrency}_rows{rows}"
+                        result = target.measure(concurrency, rows, seconds)
+                        samples[target.name].setdefault(cell, []).append(result)
+                        print(
+                            f"round {round_ + 1} {target.name:20s} {cell:11s} "
+                            f"{result['requests_per_s']:9.0f} req/s  p99 {result['p99_ms'] or 0:7.2f} ms"
+                            f"  errors {result['errors']}",
+                            flush=True,
+                        )
+        perf = {}
+        if args.perf_analyzer:
+            for target in targets:
+                if isinstance(target, ServeTarget):
+                    perf[target.name] = {
+                        f"c{c}_rows{r}": perf_analyzer(target, c, r, seconds) for c in CONCURRENCY for r in ROWS
+                    }
+    finally:
+        for target in targets:
+            target.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    results = {}
+    for name, cells in samples.items():
+        results[name] = {}
+        for cell, runs in cells.items():
+            median = {}
+            for key in runs[0]:
+                values = [r[key] for r in runs if r.get(key) is not None]
+                median[key] = float(np.median(values)) if values else None
+            median["rounds"] = len(runs)
+            results[name][cell] = median
+    payload = {
+        "model": "flight_delay signature (7 FP32 + 3 BYTES inputs), MLP 256-256 in the graph",
+        "seconds_per_cell": seconds,
+        "rounds": rounds,
+        "load_generator": "Python processes with pre-serialised requests (raw gRPC / raw HTTP keep-alive), "
+        "1 process at concurrency 1, 2 at 16, on the same machine as the servers",
+        "results": results,
+        "summary": verdicts(results),
+    }
+    if args.perf_analyzer:
+        payload["perf_analyzer"] = perf
+    write_result(args.output, payload)
+    print(json.dumps(payload["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The monitoring half of `make demo`: drift reports, the drift sensor on the real instance, the retraining it asks for.
+
+Called by mlops_assets/demo.py after it has trained on 2013-01..03 and backfilled predictions. Each
+step is what the daemon and a person in the UI would do, done in process so the demo needs no daemon:
+materialize drift_report month by month, evaluate drift_sensor on this instance, execute the run it
+requests as `training_job`, then measure the newest month again against whichever model is champion.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlops_assets.partitions import monthly_partitions
+from resources.mlflow_registry import CHAMPION
+from sensors.drift import RetrainingCursor, drift_sensor
+from sensors.jobs import training_job
+
+DEMO_MONTHS = monthly_partitions.get_partition_keys()[3:]  # 2013-04..2013-12: everything after the first window
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+DRIFT_REPORT = dg.AssetKey("drift_report")
+
+
+def _definitions(resources: dict) -> dg.Definitions:
+    from mlops_assets.definitions import defs
+
+    # The project's assets and jobs, bound to the caller's resources instead of $MLOPS_HOME's defaults.
+    definitions = defs()
+    return dg.Definitions(
+        assets=definitions.assets,
+        asset_checks=definitions.asset_checks,
+        jobs=[training_job],
+        resources=resources,
+    )
+
+
+def _drift_report(definitions: dg.Definitions, instance: dg.DagsterInstance, month: str) -> dict:
+    result = dg.materialize(
+        definitions.assets,
+        selection=[DRIFT_REPORT],
+        partition_key=month,
+        instance=instance,
+        resources=definitions.resources,
+        run_config=QUIET,
+    )
+    metadata = result.asset_materializations_for_node("drift_report")[0].metadata
+    return {key: value.value for key, value in metadata.items()}
+
+
+def _verdict(month: str, report: dict) -> str:
+    if not report["drifted"]:
+        return f"{month}: no drift (share {report['drifted_share']:.2f}, prediction {report['prediction_score']:.3f})"
+    return f"{month}: DRIFT - {report['drift_reasons']}"
+
+
+def _latest_storage_id(instance: dg.DagsterInstance) -> int:
+    records = instance.fetch_materializations(DRIFT_REPORT, limit=1).records
+    return records[0].storage_id if records else 0
+
+
+def run_monitoring_loop(
+    instance: dg.DagsterInstance,
+    resources: dict,
+    months: list[str] | None = None,
+    op_config: dict[str, dict] | None = None,
+) -> list[str]:
+    """Drift reports for `months`, one drift_sensor tick, the retraining it requests; returns summary lines.
+
+    `op_config` ({"trained_model": {"epochs": 2}}) is laid over the request's run config, for tests
+    that need a quick run; the demo passes none and retrains exactly as the sensor asked.
+    """
+    months = months or list(DEMO_MONTHS)
+    definitions = _definitions(resources)
+    registry, store = resources["registry"], resources["store"]
+    champion = registry.version_by_alias(CHAMPION)
+    if champion is None:
+        raise dg.DagsterInvariantViolationError("run_monitoring_loop needs a champion: run the training demo first")
+    lines = [
+        f"drift reports {months[0]}..{months[-1]} against champion v{champion.version} "
+        f"(trained on {champion.tags.get('train_months')}):"
+    ]
+
+    # The sensor starts just before this demo's reports, so earlier demos on this instance don't count.
+    cursor = RetrainingCursor(storage_id=_latest_storage_id(instance)).dump()
+    reports = {}
+    for month in months:
+        reports[month] = _drift_report(definitions, instance, month)
+        lines.append("  " + _verdict(month, reports[month]))
+    drifted = [m for m in months if reports[m]["drifted"]]
+    lines.append(f"  drifted months: {', '.join(drifted) or 'none'}; HTML reports in {store.uri('drift/')}")
+
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=definitions) as context:
+        tick = drift_sensor.evaluate_tick(context)
+    cursor = tick.cursor
+    if not tick.run_requests:
+        lines.append(f"drift_sensor: skipped - {tick.skip_message}")
+        return lines
+    request = tick.run_requests[0]
+    lines.append(f"drift_sensor: requested training_job ({request.tags['mlops/window']})")
+    lines.append(f"  for {request.tags['mlops/partitions']}")
+
+    ops = {name: {"config": dict(entry["config"])} for name, entry in request.run_config["ops"].items()}
+    for name, config in (op_config or {}).items():
+        ops.setdefault(name, {"config": {}})["config"].update(config)
+    result = definitions.resolve_job_def("training_job").execute_in_process(
+        run_config={**QUIET, "ops": ops}, instance=instance, tags=request.tags, raise_on_error=False
+    )
+    outcome = "succeeded" if result.success else "stopped at the gate or failed"
+    lines.append(f"retraining run {result.run_id}: {outcome}")
+    gate = next((e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate"), None)
+    if gate is None:
+        lines.append("  no promotion decision: the run failed before the gate (see the run in the Dagster UI)")
+        return lines
+    registered = result.output_for_node("registered_model")
+    now = registry.version_by_alias(CHAMPION)
+    decision, reason = gate.metadata["decision"].value, gate.metadata["reason"].value
+    lines.append(f"  challenger v{registered['version']} {decision}: {reason}")
+    lines.append(f"  champion now v{now.version} (was v{champion.version})")
+
+    # Close the loop: the newest month measured again against whichever model is champion now.
+    newest = drifted[-1]
+    after = _drift_report(definitions, instance, newest)
+    lines.append(f"after retraining, against v{now.version}: " + _verdict(newest, after))
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=definitions) as context:
+        tick = drift_sensor.evaluate_tick(context)
+    if tick.run_requests:
+        lines.append(f"drift_sensor next tick: requested another run ({tick.run_requests[0].tags['mlops/window']})")
+    else:
+        lines.append(f"drift_sensor next tick: skipped - {tick.skip_message}")
+    return lines

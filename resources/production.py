@@ -1,0 +1,49 @@
+"""The production variant of every resource: asset values and files on S3, MLflow on its tracking server.
+
+Selected by `MLOPS_ENV=prod` (see `resources.selected_resources`). Settings are read from the environment
+of the process that runs the step, when the run starts (`dg.EnvVar`), never while definitions load:
+
+    MLOPS_S3_BUCKET       bucket for asset values (Dagster IO manager) and the files assets write
+    MLFLOW_TRACKING_URI   the MLflow tracking server, e.g. http://mlflow:5000; it owns the artifact store
+    MLOPS_S3_PREFIX       optional key prefix inside the bucket (default "mlops"); read at load time
+    MLOPS_FLIGHTS_URI     optional raw-data location (see FlightSource); read at load time
+
+AWS credentials and region come from boto3's own chain (ECS task role, EKS IRSA, AWS_* variables), so no key
+sits in configuration. Any S3-compatible store (MinIO, Ceph, moto) works by setting boto3's own
+`AWS_ENDPOINT_URL_S3`, which every client here honours, Dagster's compute-log manager and the MLflow server included.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from dagster_aws.s3 import S3PickleIOManager, S3Resource
+
+from resources.artifact_store import S3ArtifactStore
+from resources.flight_source import FlightSource
+from resources.mlflow_registry import MlflowRegistry
+
+DEFAULT_PREFIX = "mlops"
+
+
+def production_prefix() -> str:
+    return os.environ.get("MLOPS_S3_PREFIX", DEFAULT_PREFIX).strip("/") or DEFAULT_PREFIX
+
+
+def production_resources() -> dict:
+    """Resources for a deployment; keys match `local_resources` plus the S3 `io_manager`.
+
+    Layout in the bucket: `<prefix>/io/<asset>/<partition>` holds values passed between assets (pickles, written
+    by dagster-aws's S3PickleIOManager); `<prefix>/artifacts/...` holds the Parquet, checkpoints and ONNX files
+    assets write through the ArtifactStore. MLflow keeps its artifacts where its server's
+    `--artifacts-destination` points; clients reach them through the server.
+    """
+    prefix = production_prefix()
+    bucket = dg.EnvVar("MLOPS_S3_BUCKET")
+    return {
+        "io_manager": S3PickleIOManager(s3_resource=S3Resource(), s3_bucket=bucket, s3_prefix=f"{prefix}/io"),
+        "source": FlightSource(uri=os.environ.get("MLOPS_FLIGHTS_URI") or None),
+        "store": S3ArtifactStore(bucket=bucket, prefix=f"{prefix}/artifacts"),
+        "registry": MlflowRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
+    }

@@ -1,0 +1,55 @@
+"""monthly_retraining: a retraining run on the 1st of each month, whatever the monitors say.
+
+Stopped by default. The drift and live-performance sensors already retrain when the evidence asks
+for it; this is the backstop for a team that wants a fresh model every month regardless, and it
+only makes sense once real monthly data flows in: the shipped data ends in 2013-12, so on today's
+calendar every tick would skip.
+"""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from mlops_assets.partitions import monthly_partitions
+from sensors.jobs import training_job
+from sensors.retraining import DEFAULT_WINDOW_MONTHS, previous_month, retraining_window
+
+CRON = "0 4 1 * *"  # 04:00 UTC on the 1st: last month is complete and its batch jobs have run
+
+
+def build_monthly_retraining_schedule(
+    window_months: int = DEFAULT_WINDOW_MONTHS,
+    default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
+) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="monthly_retraining",
+        cron_schedule=CRON,
+        execution_timezone="UTC",
+        job=training_job,
+        default_status=default_status,
+        description="On the 1st of each month, retrain on the trailing window ending with last month.",
+    )
+    def monthly_retraining(context: dg.ScheduleEvaluationContext):
+        moment = context.scheduled_execution_time or datetime.now(UTC)
+        last_month = previous_month(moment)
+        window = retraining_window(last_month, window_months)
+        if window is None:
+            keys = monthly_partitions.get_partition_keys()
+            return dg.SkipReason(
+                f"no retraining window ends with {last_month}: the data covers {keys[0]}..{keys[-1]} "
+                "and a run needs three months up to the last one"
+            )
+        return dg.RunRequest(
+            run_key=f"monthly_retraining-{last_month}",
+            run_config=window.run_config(),
+            tags={
+                "mlops/trigger": "monthly_retraining",
+                "mlops/partitions": last_month,
+                "mlops/window": window.describe(),
+            },
+        )
+
+    return monthly_retraining
+
+
+monthly_retraining = build_monthly_retraining_schedule()

@@ -1,0 +1,180 @@
+import json
+import math
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mlops_assets import drift
+from mlops_assets.features import features_key, load_features
+from mlops_assets.features_spec import FEATURES, NUMERIC_FEATURES, TARGET
+from mlops_assets.monitoring import DriftConfig, drift_html_key
+from resources import local_resources
+from sensors.drift import live_performance_sensor
+from tests.conftest import materialize
+from tests.sensors.support import SHIFTED_COLUMN, UNCHANGED, champion_home, drift_report, shifted
+
+
+@pytest.fixture(scope="session")
+def monitored_home(features_home, tmp_path_factory) -> Path:
+    return champion_home(features_home, tmp_path_factory.mktemp("monitoring"))
+
+
+@pytest.fixture
+def monitored_resources(monitored_home) -> dict:
+    return local_resources(monitored_home)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.mark.parametrize(
+    ("method", "score", "threshold", "drifted"),
+    [
+        ("ks", 0.01, 0.05, True),  # p-values drift below the threshold...
+        ("ks", 0.20, 0.05, False),
+        ("chisquare", 0.05, 0.05, False),  # ...strictly, for most tests
+        ("ks", 0.05, 0.05, True),  # KS uses <=
+        ("wasserstein", 0.6, 0.5, True),  # distances drift at or above it
+        ("wasserstein", 0.5, 0.5, True),
+        ("wasserstein", 0.4, 0.5, False),
+        ("K-S p_value", 0.01, 0.05, True),  # the display names Evidently reports when it picked the method
+        ("Jensen-Shannon distance", 0.01, 0.05, False),
+        ("Wasserstein distance (normed)", 0.6, 0.5, True),
+    ],
+)
+def test_drift_flag_follows_each_methods_direction(method, score, threshold, drifted):
+    assert drift.is_drifted(method, score, threshold) is drifted
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="no drift rule"):
+        drift.is_drifted("mystery", 0.1, 0.1)
+
+
+def test_per_column_threshold_does_not_reset_the_global_ones():
+    thresholds = DriftConfig(num_threshold=0.7, column_thresholds={"temp": 2.0}).thresholds()
+    assert thresholds.threshold("temp") == 2.0
+    assert thresholds.threshold("visib") == 0.7  # the global numeric value, not Evidently's default
+    assert thresholds.threshold("carrier") == 0.2  # the categorical default is untouched
+    with pytest.raises(ValueError, match="unknown columns"):
+        drift.Thresholds(per_column={"tmp": 1.0})
+
+
+def _write_log(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def _record(ts: str, frame, version: str = "1") -> dict:
+    def values(column):
+        flat = frame[column].tolist()
+        return [None if isinstance(v, float) and math.isnan(v) else v for v in flat]
+
+    return {
+        "ts": ts,
+        "request_id": ts,
+        "model_name": "flight_delay",
+        "model_version": version,
+        "inputs": {c: values(c) for c in FEATURES},
+        "outputs": {"probability": [0.5] * len(frame)},
+    }
+
+
+@pytest.fixture
+def prediction_log(tmp_path, monitored_home) -> Path:
+    """Serving log with 400 shifted rows inside 2013-04, plus rows the reader must leave out."""
+    january = load_features(local_resources(monitored_home)["store"], ["2013-01"])
+    directory = tmp_path / "prediction_log"
+    directory.mkdir()
+    in_april = _record("2013-04-10T12:00:00.000000Z", shifted(january.head(400)))
+    in_may = _record("2013-05-02T00:00:00Z", january.head(300))
+    partial = {**_record("2013-04-11T00:00:00Z", january.head(5)), "inputs": {"hour": [1, 2, 3, 4, 5]}}
+    _write_log(directory / "predictions-20130410T115959-4242-000001.jsonl", [in_april, in_may, partial])
+    # Still being written: a reader never opens it.
+    _write_log(directory / "predictions-20130412T000000-4242-000002.jsonl.open", [in_april])
+    return directory
+
+
+def test_prediction_log_reader_keeps_the_period_and_closed_segments(prediction_log):
+    rows = drift.read_prediction_log(prediction_log, *drift.month_bounds("2013-04"))
+    assert len(rows.frame) == 400 and rows.segments == 1 and rows.skipped_records == 1
+    assert rows.model_versions == ["1"] and list(rows.frame.columns) == list(FEATURES)
+    assert all(rows.frame[c].dtype == "float64" for c in NUMERIC_FEATURES)
+    assert drift.read_prediction_log(prediction_log, *drift.month_bounds("2013-06")).frame.empty
+
+
+def test_drift_report_reads_logged_requests_when_the_month_has_them(monitored_resources, prediction_log, instance):
+    # 2013-04's batch features are an unchanged training month; only the logged rows are shifted.
+    report = drift_report(monitored_resources, instance, UNCHANGED, prediction_log_dir=str(prediction_log))
+    assert report["current_source"] == "prediction_log" and report["current_rows"] == 400
+    assert report["skipped_log_records"] == 1 and report["logged_model_versions"] == "1"
+    assert report["drifted"] is True and SHIFTED_COLUMN in report["drifted_columns"]
+
+
+def test_drift_report_metadata_thresholds_and_html(monitored_resources, monitored_home, instance):
+    report = drift_report(
+        monitored_resources, instance, "2013-05", num_threshold=0.6, column_thresholds={SHIFTED_COLUMN: 5.0}
+    )
+    rows = {r.data["column"]: r.data for r in report["columns"].records}
+    assert set(rows) == {*FEATURES, drift.PREDICTION_COLUMN}
+    # The override applies to its column only; Evidently received (and reports) every other global.
+    assert rows[SHIFTED_COLUMN]["threshold"] == 5.0 and rows[SHIFTED_COLUMN]["drifted"] is False
+    assert rows[SHIFTED_COLUMN]["score"] == pytest.approx(3.0, abs=0.05)
+    assert rows["visib"]["threshold"] == 0.6 and rows["carrier"]["threshold"] == 0.2
+    assert rows["visib"]["method"] == "wasserstein" and rows["visib"]["kind"] == "distance"
+    # The per-column flags agree with Evidently's own drifted-columns count.
+    flagged = [c for c in FEATURES if rows[c]["drifted"]]
+    assert len(flagged) == report["drifted_count"] and report["drifted_share"] == len(flagged) / len(FEATURES)
+    assert report["prediction_drifted"] is rows[drift.PREDICTION_COLUMN]["drifted"]
+
+    html = monitored_home / "artifacts" / drift_html_key("2013-05")
+    assert report["report"] == str(html) and html.stat().st_size > 100_000
+    assert "evidently" in html.read_text(encoding="utf-8")[:50_000].lower()
+
+
+def test_drift_report_needs_a_champion(resources):
+    with pytest.raises(dg.Failure, match="champion"):
+        materialize(["drift_report"], resources, partition_key="2013-02")
+
+
+def _live(resources, instance, month):
+    result = materialize(["live_performance"], resources, instance=instance, partition_key=month)
+    (check,) = result.get_asset_check_evaluations()
+    metadata = result.asset_materializations_for_node("live_performance")[0].metadata
+    return {k: v.value for k, v in metadata.items()}, check
+
+
+def test_live_performance_on_the_evaluation_month_matches_evaluation(monitored_resources, instance):
+    # FAST_EVAL evaluates on 2013-03: the same rows, scored by the same ONNX file.
+    assert materialize(["batch_predictions"], monitored_resources, instance=instance, partition_key="2013-03").success
+    live, check = _live(monitored_resources, instance, "2013-03")
+    assert live["auc"] == pytest.approx(live["eval_auc"], abs=1e-4)
+    assert live["brier"] == pytest.approx(live["eval_brier"], abs=1e-4)
+    assert live["degraded"] is False and check.passed
+    assert 0 <= live["expected_calibration_error"] < 0.2 and "| score bin |" in live["calibration"]
+    assert not tick_live(instance).run_requests
+
+
+def tick_live(instance):
+    with dg.build_sensor_context(instance=instance) as context:
+        return live_performance_sensor.evaluate_tick(context)
+
+
+def test_flipped_outcomes_degrade_live_performance_and_trigger_retraining(monitored_resources, instance):
+    store = monitored_resources["store"]
+    march = store.read_frame(features_key("2013-03"))
+    store.write_frame(features_key("2013-07"), march.assign(**{TARGET: (1 - march[TARGET]).astype("int8")}))
+    assert materialize(["batch_predictions"], monitored_resources, instance=instance, partition_key="2013-07").success
+
+    live, check = _live(monitored_resources, instance, "2013-07")
+    assert live["auc"] == pytest.approx(1 - live["eval_auc"], abs=0.02)
+    assert live["degraded"] is True and live["auc_drop"] > live["auc_margin"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+
+    (request,) = tick_live(instance).run_requests
+    assert request.tags["mlops/trigger"] == "live_performance_sensor"
+    assert request.tags["mlops/partitions"] == "2013-07" and "AUC" in request.tags["mlops/reason"]
+    assert request.run_config["ops"]["trained_model"]["config"]["train_months"] == ["2013-05", "2013-06", "2013-07"]

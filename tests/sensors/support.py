@@ -1,0 +1,77 @@
+"""Test data for monitoring: a small champion trained once, and synthetic months made from a training month.
+
+Shared by tests/sensors and tests/mlops_assets/test_monitoring.py; the champion is trained once per
+session whichever of them asks first.
+
+Months in the champion home (the champion learns from 2013-01 only):
+- 2013-01..03: the real validated features;
+- 2013-04: an unchanged copy of 2013-01 (the training month itself, as a "new" month);
+- 2013-05 and 2013-06: copies of 2013-01 with `distance` shifted by 3 standard deviations.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from mlops_assets.features import features_key
+from resources import local_resources
+from tests.conftest import materialize, training_ops
+
+CHAIN = ["trained_model", "onnx_model", "evaluation_report", "registered_model", "champion_model"]
+UNCHANGED, SHIFTED, SHIFTED_TOO = "2013-04", "2013-05", "2013-06"
+SHIFTED_COLUMN = "distance"
+NO_LOG = {"prediction_log_dir": "/nonexistent/prediction_log"}  # never read a developer's $MLOPS_HOME log
+
+_homes: dict[str, Path] = {}
+
+
+def shifted(frame, column: str = SHIFTED_COLUMN, sigmas: float = 3.0):
+    return frame.assign(**{column: frame[column] + sigmas * frame[column].std()})
+
+
+def add_synthetic_months(home: Path) -> None:
+    store = local_resources(home)["store"]
+    january = store.read_frame(features_key("2013-01"))
+    store.write_frame(features_key(UNCHANGED), january)
+    store.write_frame(features_key(SHIFTED), shifted(january))
+    store.write_frame(features_key(SHIFTED_TOO), shifted(january))
+
+
+def champion_home(features_home: Path, root: Path) -> Path:
+    """A home whose registry holds a FAST_TRAIN champion (trained on 2013-01), built once per session."""
+    key = str(features_home)
+    if key not in _homes:
+        home = root / "champion_home"
+        shutil.copytree(features_home / "artifacts" / "features", home / "artifacts" / "features")
+        add_synthetic_months(home)
+        assert materialize(CHAIN, local_resources(home), ops=training_ops()).success
+        _homes[key] = home
+    return _homes[key]
+
+
+def drift_report(resources: dict, instance: dg.DagsterInstance, month: str, **config) -> dict:
+    """Materialize drift_report for one month on `instance`; its metadata as plain values."""
+    result = materialize(
+        ["drift_report"], resources, ops={"drift_report": {**NO_LOG, **config}}, instance=instance, partition_key=month
+    )
+    metadata = result.asset_materializations_for_node("drift_report")[0].metadata
+    return {key: value.value for key, value in metadata.items()}
+
+
+def report_drift(instance: dg.DagsterInstance, month: str, drifted: bool, columns: str = "temp") -> None:
+    """A drift_report materialization recorded straight into the event log (same query path, no Evidently)."""
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key="drift_report",
+            partition=month,
+            metadata={
+                "drifted": drifted,
+                "drifted_share": 0.1 if drifted else 0.0,
+                "drifted_columns": columns if drifted else "",
+                "prediction_drifted": False,
+            },
+        )
+    )

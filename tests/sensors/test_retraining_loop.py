@@ -1,0 +1,44 @@
+"""The whole loop on one embedded instance: drift -> drift_sensor -> retraining run -> promotion decision."""
+
+import dagster as dg
+import pytest
+
+from mlops_assets.demo_monitoring import run_monitoring_loop
+from resources.mlflow_registry import CHAMPION
+from tests.conftest import FAST_EVAL, FAST_TRAIN, materialize, training_ops
+from tests.sensors.support import CHAIN, SHIFTED, SHIFTED_COLUMN, UNCHANGED, add_synthetic_months
+
+
+@pytest.mark.slow
+def test_drift_triggers_a_retraining_run_that_reaches_a_promotion_decision(home, resources, monkeypatch):
+    # drift_report's default log folder is under $MLOPS_HOME: keep it inside this test's home.
+    monkeypatch.setenv("MLOPS_HOME", str(home))
+    add_synthetic_months(home)
+    registry = resources["registry"]
+    with dg.instance_for_test() as instance:
+        assert materialize(CHAIN, resources, ops=training_ops(), instance=instance).success
+        first = str(registry.version_by_alias(CHAMPION).version)
+        fast = {"trained_model": {k: v for k, v in FAST_TRAIN.items() if "month" not in k}, "evaluation_report": {
+            "latency_runs": FAST_EVAL["latency_runs"]}}  # fmt: skip
+
+        lines = run_monitoring_loop(instance, resources, months=[UNCHANGED, SHIFTED], op_config=fast)
+        text = "\n".join(lines)
+
+        assert f"{UNCHANGED}: no drift" in text and f"{SHIFTED}: DRIFT - {SHIFTED_COLUMN}" in text
+        window = "train 2013-03..2013-05, validate 2013-02, evaluate 2013-01"
+        assert f"drift_sensor: requested training_job ({window})" in text
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name="training_job", tags={"mlops/trigger": "drift_sensor"}))
+        assert len(runs) == 1 and runs[0].tags["mlops/partitions"] == SHIFTED
+        assert f"retraining run {runs[0].run_id}" in text
+
+        challenger = registry.client().get_model_version(registry.model_name, str(int(first) + 1))
+        assert challenger.tags["train_months"] == "2013-03,2013-04,2013-05"
+        assert challenger.tags["evaluation_month"] == "2013-01"
+        decision = challenger.tags["promotion_decision"]
+        assert f"challenger v{challenger.version} {decision}: {challenger.tags['promotion_reason']}" in text
+        champion = str(registry.version_by_alias(CHAMPION).version)
+        assert champion == (str(challenger.version) if decision == "approved" else first)
+        assert f"champion now v{champion} (was v{first})" in text
+        # The newest drifted month is measured again against whichever model is champion now.
+        assert f"after retraining, against v{champion}: {SHIFTED}" in text
+        assert "drift_sensor next tick: " in text
