@@ -546,11 +546,13 @@ def main(argv: list[str] | None = None) -> None:
             median["rounds"] = len(runs)
             results[name][cell] = median
     payload = {
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "model": "flight_delay signature (7 FP32 + 3 BYTES inputs), MLP 256-256 in the graph",
         "seconds_per_cell": seconds,
         "rounds": rounds,
         "load_generator": "Python processes with pre-serialised requests (raw gRPC / raw HTTP keep-alive), "
         "1 process at concurrency 1, 2 at 16, on the same machine as the servers",
+        "server_cpu_ms_per_request": "utime+stime of the server's processes over the cell / requests served",
         "results": results,
         "summary": verdicts(results),
     }

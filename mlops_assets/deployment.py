@@ -44,7 +44,9 @@ def _wait_ready(endpoint: ServingEndpoint, model: str, version: str) -> float:
         except InferenceServerException:  # restarting or not reachable yet: keep polling until the deadline
             pass
         time.sleep(0.5)
-    raise dg.Failure(f"server {endpoint.url} did not report {model} version {version} ready in {endpoint.ready_timeout_s} s")
+    raise dg.Failure(
+        f"server {endpoint.url} did not report {model} version {version} ready in {endpoint.ready_timeout_s} s"
+    )
 
 
 @dg.asset(group_name="deployment", kinds={"grpc", "onnx"})

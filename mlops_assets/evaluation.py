@@ -1,4 +1,4 @@
-"""evaluation_report: the challenger and the current champion, side by side on the same held-out month."""
+"""evaluation_report: the challenger (the scorecard's winner) and the champion, side by side on one held-out month."""
 
 import dagster as dg
 
@@ -42,21 +42,22 @@ def comparison_table(challenger: dict, champion: dict | None) -> str:
 def evaluation_report(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
-    onnx_model: dict,
+    model_scorecard: dict,
     store: ArtifactStore,
     registry: MlflowRegistry,
 ) -> dg.Output[dict]:
-    """How good and how fast the new model is on a held-out month, next to today's champion."""
+    """How good and how fast the scorecard's winner is on a held-out month, next to today's champion."""
     frame = load_features(store, [config.evaluation_month])
 
     def measure(model: bytes) -> dict[str, float]:
         return onnx_metrics.evaluate(model, frame, config.latency_runs, config.throughput_batch)
 
-    challenger = measure(store.read_bytes(onnx_model["onnx_key"]))
+    winner = model_scorecard["winner_candidate"]
+    challenger = measure(store.read_bytes(winner["onnx_key"]))
     champion_version = registry.version_by_alias(CHAMPION)
     champion = measure(registry.onnx_bytes(champion_version.version)) if champion_version else None
 
-    with registry.active_run(run_id=onnx_model["run_id"]):
+    with registry.active_run(run_id=winner["run_id"]):
         import mlflow
 
         mlflow.log_metrics({f"eval_{key}": challenger[key] for key, _ in FIGURES})
@@ -67,6 +68,7 @@ def evaluation_report(
     report = {
         "evaluation_month": config.evaluation_month,
         "rows": len(frame),
+        "candidate": winner["candidate"],
         "challenger": challenger,
         "champion": champion,
         "champion_version": str(champion_version.version) if champion_version else None,
@@ -80,6 +82,7 @@ def evaluation_report(
             **metadata,
             "evaluation_month": config.evaluation_month,
             "rows": len(frame),
+            "candidate": winner["candidate"],
             "champion_version": report["champion_version"] or dg.MetadataValue.null(),
             "comparison": dg.MetadataValue.md(comparison_table(challenger, champion)),
         },

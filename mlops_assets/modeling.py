@@ -312,14 +312,35 @@ def with_preprocessing(network, prep: Preprocessing) -> bytes:
         opset_imports=[helper.make_opsetid("", opsets["ai.onnx"]), helper.make_opsetid("ai.onnx.ml", ml_opset)],
         ir_version=network.ir_version,
     )
+    network = _without_io_value_info(network)
     network = compose.add_prefix(network, prefix="net_", rename_inputs=False, rename_outputs=False)
     merged = compose.merge_models(
         pre, network, io_map=[("numeric", "numeric"), ("categorical", "categorical")], prefix1="", prefix2=""
     )
     onnx.checker.check_model(merged)
+    if [o.name for o in merged.graph.output] != ["probability"]:
+        raise ValueError(f"merged graph outputs {[o.name for o in merged.graph.output]}, expected ['probability']")
     buffer = io.BytesIO()
     onnx.save_model(merged, buffer)
     return buffer.getvalue()
+
+
+def _without_io_value_info(network):
+    """A copy without value_info entries for graph inputs and outputs.
+
+    onnxruntime's quant_pre_process records shapes for every tensor, `probability` included, and
+    onnx.compose.add_prefix renames anything listed in value_info even with rename_outputs=False,
+    which would rename the model's output.
+    """
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(network)
+    io_names = {v.name for v in (*copy.graph.input, *copy.graph.output)}
+    kept = [v for v in copy.graph.value_info if v.name not in io_names]
+    del copy.graph.value_info[:]
+    copy.graph.value_info.extend(kept)
+    return copy
 
 
 def export_onnx(model: FlightDelayNet, prep: Preprocessing) -> bytes:

@@ -1,8 +1,9 @@
 """registered_model, the promotion gate and champion_model: MLflow versions moved only by evidence.
 
-Every new model becomes a registry version with alias `challenger`. The blocking `promotion_gate`
-decides, from figures measured on the same data, whether it may take alias `champion`; the
-decision and its reason are written onto the version's tags whatever it is.
+The scorecard's winner among each training run's candidates becomes a registry version with alias
+`challenger`. The blocking `promotion_gate` decides, from figures measured on the same data, whether
+it may take alias `champion`; the decision and its reason are written onto the version's tags
+whatever it is.
 """
 
 from datetime import UTC, datetime
@@ -20,17 +21,44 @@ class PromotionConfig(dg.Config):
     """ROC AUC a first model must reach when there is no champion yet."""
 
 
+def scorecard_tags(scorecard: dict) -> dict[str, str]:
+    """The winner's scorecard as registry tags: its rank and score, every figure, the ranking, where the rest is."""
+    winner = scorecard["winner"]
+    figures = scorecard["figures"][winner]
+    verdict = next(r for r in scorecard["ranking"] if r["candidate"] == winner)
+    tags = {
+        "candidate": winner,
+        "candidate_run_id": scorecard["winner_candidate"]["run_id"],
+        "scorecard_profile": scorecard["profile"],
+        "scorecard_month": scorecard["month"],
+        "scorecard_score": f"{verdict['score']:.4f}",
+        "scorecard_rank": f"{verdict['rank']} of {len(scorecard['ranking'])}",
+        "scorecard_why": scorecard["why"],
+        "scorecard_ranking": "; ".join(
+            f"{r['rank']}. {r['candidate']} {r['score']:.3f}{'' if r['passed'] else ' rejected'}"
+            for r in scorecard["ranking"]
+        ),
+        "scorecard_weights": ", ".join(f"{axis} {weight:g}" for axis, weight in scorecard["weights"].items()),
+        "scorecard_max_auc_loss": f"{scorecard['max_auc_loss']:g}",
+        "scorecard_artifact": scorecard["artifact_uri"],
+    }
+    tags.update({f"scorecard_{key}": f"{value:.6g}" for key, value in figures.items() if isinstance(value, float)})
+    return tags
+
+
 @dg.asset(group_name="registry", kinds={"mlflow"})
 def registered_model(
     context: dg.AssetExecutionContext,
     trained_model: dict,
-    onnx_model: dict,
+    model_scorecard: dict,
     evaluation_report: dict,
     registry: MlflowRegistry,
 ) -> dg.Output[dict]:
-    """The new model as an MLflow registry version with alias `challenger`, tagged with its lineage."""
+    """The scorecard's winner as a registry version with alias `challenger`, tagged with its lineage and scorecard."""
     challenger = evaluation_report["challenger"]
+    winner = model_scorecard["winner_candidate"]
     tags = {
+        # The training run: parameters, data hash and every candidate's run nested under it.
         "mlflow_run_id": trained_model["run_id"],
         "git_commit": trained_model["git_commit"],
         "data_hash": trained_model["data_hash"],
@@ -40,8 +68,9 @@ def registered_model(
         "evaluation_month": evaluation_report["evaluation_month"],
         "eval_auc": f"{challenger['auc']:.6f}",
         "eval_brier": f"{challenger['brier']:.6f}",
+        **scorecard_tags(model_scorecard),
     }
-    version = str(registry.register(onnx_model["model_uri"], tags).version)
+    version = str(registry.register(winner["model_uri"], tags).version)
     registry.client().set_registered_model_alias(registry.model_name, CHALLENGER, version)
     return dg.Output(
         {"version": version, **tags, "evaluation": evaluation_report},

@@ -11,6 +11,7 @@ import dagster as dg
 from resources.artifact_store import ArtifactStore, LocalArtifactStore, S3ArtifactStore
 from resources.flight_source import FlightSource
 from resources.mlflow_registry import MlflowRegistry
+from resources.serving_endpoint import ServingEndpoint
 from resources.settings import default_tracking_uri, mlops_home
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "LocalArtifactStore",
     "MlflowRegistry",
     "S3ArtifactStore",
+    "ServingEndpoint",
     "defs",
     "local_resources",
     "production_resources",
@@ -29,7 +31,8 @@ ENVIRONMENTS = ("local", "prod")
 
 
 def local_resources(home: Path | None = None) -> dict:
-    """The embedded defaults: files, SQLite MLflow and artifacts under `home` ($MLOPS_HOME)."""
+    """The embedded defaults: files, SQLite MLflow and artifacts under `home` ($MLOPS_HOME); the serving
+    endpoint only where MLOPS_SERVING_URL names one (`make serve` listens on 127.0.0.1:8001)."""
     home = home or mlops_home()
     return {
         "source": FlightSource(),
@@ -37,6 +40,7 @@ def local_resources(home: Path | None = None) -> dict:
         "registry": MlflowRegistry(
             tracking_uri=default_tracking_uri(home), artifact_location=(home / "mlartifacts").as_uri()
         ),
+        "serving": ServingEndpoint(url=os.environ.get("MLOPS_SERVING_URL") or None),
     }
 
 

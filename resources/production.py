@@ -7,6 +7,8 @@ of the process that runs the step, when the run starts (`dg.EnvVar`), never whil
     MLFLOW_TRACKING_URI   the MLflow tracking server, e.g. http://mlflow:5000; it owns the artifact store
     MLOPS_S3_PREFIX       optional key prefix inside the bucket (default "mlops"); read at load time
     MLOPS_FLIGHTS_URI     optional raw-data location (see FlightSource); read at load time
+    MLOPS_SERVING_URL     optional host:port of the serving Service the `deployment` asset verifies
+    MLOPS_SERVE_TOKEN     optional bearer token of that server (a secret: resolved at run time only)
 
 AWS credentials and region come from boto3's own chain (ECS task role, EKS IRSA, AWS_* variables), so no key
 sits in configuration. Any S3-compatible store (MinIO, Ceph, moto) works by setting boto3's own
@@ -23,6 +25,7 @@ from dagster_aws.s3 import S3PickleIOManager, S3Resource
 from resources.artifact_store import S3ArtifactStore
 from resources.flight_source import FlightSource
 from resources.mlflow_registry import MlflowRegistry
+from resources.serving_endpoint import ServingEndpoint
 
 DEFAULT_PREFIX = "mlops"
 
@@ -46,4 +49,8 @@ def production_resources() -> dict:
         "source": FlightSource(uri=os.environ.get("MLOPS_FLIGHTS_URI") or None),
         "store": S3ArtifactStore(bucket=bucket, prefix=f"{prefix}/artifacts"),
         "registry": MlflowRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
+        "serving": ServingEndpoint(
+            url=os.environ.get("MLOPS_SERVING_URL") or None,
+            token=dg.EnvVar("MLOPS_SERVE_TOKEN") if os.environ.get("MLOPS_SERVE_TOKEN") else None,
+        ),
     }

@@ -1,4 +1,5 @@
 import json
+import uuid
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -89,7 +90,7 @@ def test_cooldown_holds_drift_until_it_ends_and_cursor_survives_ticks(instance):
 
 
 def test_in_flight_training_run_holds_the_request(instance):
-    running = dg.DagsterRun(job_name="training_job", run_id=dg.make_new_run_id(), status=dg.DagsterRunStatus.STARTED)
+    running = dg.DagsterRun(job_name="training_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED)
     instance.add_run(running)
     report_drift(instance, "2013-07", drifted=True)
     held = tick(drift_sensor, instance, None)
