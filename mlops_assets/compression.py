@@ -39,8 +39,10 @@ class PruneConfig(dg.Config):
 
 
 class DistillConfig(dg.Config):
-    hidden: list[int] = [128, 64]
-    """Width of each hidden layer of the student; it must have fewer parameters than the teacher."""
+    hidden: list[int] | None = None
+    """Width of each hidden layer of the student; None: the teacher's widths times `width_fraction`."""
+    width_fraction: float = 0.25
+    """Student width as a share of the teacher's, layer by layer, when `hidden` is None."""
     epochs: int = 4
     learning_rate: float = 2e-3
     batch_size: int = 512
@@ -111,8 +113,8 @@ PROFILES = {
 
 
 class ScorecardConfig(dg.Config):
-    month: str = "2013-05"
-    """Held-out partition ('YYYY-MM') every candidate is scored on; neither training nor epoch selection saw it."""
+    month: str | None = None
+    """Held-out partition ('YYYY-MM') every candidate is scored on; None: the month after the validation month."""
     profile: str = "realtime"
     """Name of the weight profile in `profiles` that ranks the candidates."""
     profiles: dict[str, WeightProfile] = PROFILES
@@ -137,6 +139,12 @@ class ScorecardConfig(dg.Config):
         if self.profile not in self.profiles:
             raise dg.Failure(f"profile {self.profile!r} is not one of {sorted(self.profiles)}")
         return WeightProfile.model_validate(dict(self.profiles[self.profile])).model_dump()
+
+
+def next_month(month: str) -> str:
+    """'2013-04' -> '2013-05': the first month neither training nor epoch selection has seen."""
+    year, number = (int(part) for part in month.split("-"))
+    return f"{year + number // 12}-{number % 12 + 1:02d}"
 
 
 def _lineage_tags(trained_model: dict, candidate: str) -> dict[str, str]:
@@ -334,11 +342,12 @@ def student_model(
 ):
     """A smaller network trained on the trained model's soft targets plus the labels (knowledge distillation)."""
     teacher, prep = modeling.load_checkpoint(store.read_bytes(trained_model["checkpoint_key"]))
+    hidden = config.hidden or [max(4, round(w * config.width_fraction)) for w in teacher.config.hidden]
     torch.manual_seed(config.seed)
-    student = modeling.FlightDelayNet(prep, modeling.NetConfig(hidden=tuple(config.hidden)))
+    student = modeling.FlightDelayNet(prep, modeling.NetConfig(hidden=tuple(hidden)))
     if modeling.parameter_count(student) >= modeling.parameter_count(teacher):
         raise dg.Failure(
-            f"student hidden {config.hidden} has {modeling.parameter_count(student):,} parameters, not fewer than "
+            f"student hidden {hidden} has {modeling.parameter_count(student):,} parameters, not fewer than "
             f"the teacher's {modeling.parameter_count(teacher):,} (hidden {list(teacher.config.hidden)})"
         )
     train_frame, validation = _training_frames(store, trained_model)
@@ -362,7 +371,7 @@ def student_model(
         prep,
         trained_model=trained_model,
         baseline=onnx_model,
-        params={**config.model_dump(), "teacher_hidden": str(onnx_model["hidden"])},
+        params={**config.model_dump(), "hidden": str(hidden), "teacher_hidden": str(onnx_model["hidden"])},
         history=result.history,
         store=store,
         registry=registry,
@@ -566,6 +575,7 @@ def int8_static_model(
 def model_scorecard(
     context: dg.AssetExecutionContext,
     config: ScorecardConfig,
+    trained_model: dict,
     onnx_model: dict,
     pruned_model: dict,
     student_model: dict,
@@ -579,7 +589,8 @@ def model_scorecard(
     candidates = {
         c["candidate"]: c for c in (onnx_model, pruned_model, student_model, int8_dynamic_model, int8_static_model)
     }
-    frame = load_features(store, [config.month])
+    month = config.month or next_month(trained_model["validation_month"])
+    frame = load_features(store, [month])
     measurement = scorecard.Measurement(
         latency_runs=config.latency_runs,
         throughput_repeats=config.throughput_repeats,
@@ -605,7 +616,7 @@ def model_scorecard(
     report = {
         "profile": config.profile,
         "weights": weights,
-        "month": config.month,
+        "month": month,
         "rows": len(frame),
         "max_auc_loss": config.max_auc_loss,
         "price_per_vcpu_hour": config.price_per_vcpu_hour,
@@ -615,7 +626,7 @@ def model_scorecard(
         "figures": figures,
     }
 
-    training_run = onnx_model["training_run_id"]
+    training_run = trained_model["run_id"]
     with registry.active_run(run_id=training_run):
         import mlflow
 
@@ -646,7 +657,7 @@ def model_scorecard(
             "profile": config.profile,
             "weights": json.dumps(weights),
             "max_auc_loss": config.max_auc_loss,
-            "month": config.month,
+            "month": month,
             "rejected": ", ".join(v.name for v in verdicts if not v.passed) or "none",
             "scorecard": dg.MetadataValue.md(table),
             "plot": dg.MetadataValue.md(scorecard.embedded_png(png)),

@@ -42,7 +42,7 @@ def scorecard_tags(scorecard: dict) -> dict[str, str]:
         "scorecard_max_auc_loss": f"{scorecard['max_auc_loss']:g}",
         "scorecard_artifact": scorecard["artifact_uri"],
     }
-    tags.update({f"scorecard_{key}": f"{value:.6g}" for key, value in figures.items() if isinstance(value, float)})
+    tags.update({f"scorecard_{key}": f"{value:.6g}" for key, value in figures.items() if isinstance(value, int | float)})
     return tags
 
 

@@ -99,12 +99,16 @@ def log_onnx(registry: MlflowRegistry, run_id: str, onnx_bytes: bytes, metrics: 
     with registry.active_run(run_id=run_id):
         import mlflow
         import onnx
+        import onnxruntime
 
         logged = mlflow.onnx.log_model(
             onnx.load_from_string(onnx_bytes),
             name="model",
             save_as_external_data=False,
             onnx_execution_providers=["CPUExecutionProvider"],
+            # Stated, not inferred: inference loads the model in a subprocess, ~4 s per model, and
+            # would find the same two packages.
+            pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
         )
         mlflow.log_metrics(metrics)
     return logged.model_uri

@@ -497,9 +497,12 @@ def run_workers(config: ServeConfig) -> int:
     flags = ctx.Array("b", config.workers, lock=False)
     stopping = threading.Event()
 
+    started_at: dict[int, float] = {}
+
     def spawn(index: int):
         process = ctx.Process(target=_worker_main, args=(child_config, index, flags), name=f"mlops-serve-{index}")
         process.start()
+        started_at[index] = time.monotonic()
         return process
 
     children = [spawn(i) for i in range(config.workers)]
@@ -527,12 +530,20 @@ def run_workers(config: ServeConfig) -> int:
     log.info(
         "workers started", extra={"workers": config.workers, "port": config.port, "pids": [c.pid for c in children]}
     )
+    exit_code = 0
     while not stopping.wait(0.5):
         for i, child in enumerate(children):
-            if not child.is_alive():
-                log.error("worker exited; restarting it", extra={"index": i, "exitcode": child.exitcode})
-                flags[i] = 0
-                children[i] = spawn(i)
+            if child.is_alive():
+                continue
+            flags[i] = 0
+            if time.monotonic() - started_at[i] < 10:
+                # Dying right after start (a bad port, certificate or model) would only loop.
+                log.error("worker failed at start; stopping", extra={"index": i, "exitcode": child.exitcode})
+                exit_code = 1
+                stopping.set()
+                break
+            log.error("worker exited; restarting it", extra={"index": i, "exitcode": child.exitcode})
+            children[i] = spawn(i)
     for child in children:
         if child.is_alive():
             os.kill(child.pid, signal.SIGTERM)
@@ -545,7 +556,7 @@ def run_workers(config: ServeConfig) -> int:
     if httpd is not None:
         httpd.shutdown()
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
+    return exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

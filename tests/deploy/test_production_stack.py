@@ -19,6 +19,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from sensors.jobs import TRAINING_SELECTION
 from tests.conftest import materialize, training_ops
 from tests.deploy.services import AWS_TEST_ENV, mlflow_server, postgres_server, s3_server, unavailable
 from tests.deploy.support import DEPLOY, REPO_ROOT, free_port, http_status, start, stop, tail, wait_until
@@ -26,6 +27,7 @@ from tests.deploy.support import DEPLOY, REPO_ROOT, free_port, http_status, star
 pytestmark = [pytest.mark.production, pytest.mark.timeout(1200)]
 
 MONTHS = ["2013-01", "2013-02", "2013-03"]  # train, validation and evaluation months of training_ops()
+# The core assets checked below; the run materializes the whole training job (compression candidates too).
 CHAIN = ["trained_model", "onnx_model", "evaluation_report", "registered_model", "champion_model"]
 PREFIX = "mlops"
 
@@ -85,7 +87,7 @@ def stack():
             features = [materialize(["raw_flights", "validated_features"], resources, instance=instance,
                                     partition_key=month) for month in MONTHS]  # fmt: skip
             assert all(result.success for result in features)
-            training = materialize(CHAIN, resources, ops=training_ops(), instance=instance)
+            training = materialize(TRAINING_SELECTION, resources, ops=training_ops(), instance=instance)
             assert training.success
             # The same resources as a run sees them, settings resolved from the environment.
             resolved = exits.enter_context(

@@ -425,6 +425,24 @@ def test_serving_never_imports_dagster():
     assert out.stdout.strip() == "[]"  # no dagster ever; mlflow only once the registry is followed
 
 
+@pytest.mark.slow
+def test_workers_that_fail_at_start_stop_the_server(serve_process, model_files, tmp_path):
+    server = serve_process(
+        [
+            "--model-path",
+            str(model_files["flight_v1"]),
+            "--workers",
+            "2",
+            "--tls-cert",
+            str(tmp_path / "missing.crt"),
+            "--tls-key",
+            str(tmp_path / "missing.key"),
+        ]
+    )
+    assert server.process.wait(60) == 1  # no restart loop
+    assert "worker failed at start" in server.logs()
+
+
 # --- configuration -------------------------------------------------------------------------------------
 
 
