@@ -72,6 +72,8 @@ def _report_to_request(instance, resources, month: str) -> dict:
 
 
 def main() -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the throwaway home's SQLite, never a developer's server
     home = fresh_home()  # its MLOPS_HOME also holds drift_report's default prediction log folder: empty
     figures: dict = {"home": str(home), "load_average_at_start": os.getloadavg()[0]}
     instance = dg.DagsterInstance.get()

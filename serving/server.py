@@ -93,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("MLOPS_SERVE_METRICS_PORT", d.metrics_port, int),
         help="HTTP port for /health, /ready, /metrics; -1 turns it off [MLOPS_SERVE_METRICS_PORT]",
     )
-    a("--tracking-uri", default=_env("MLFLOW_TRACKING_URI", None), help="MLflow tracking URI [MLFLOW_TRACKING_URI]")
+    a(
+        "--tracking-uri",
+        default=_env("MLFLOW_TRACKING_URI", None),
+        help="MLflow tracking URI; default the pipeline's local store, sqlite:///$MLOPS_HOME/mlflow.db "
+        "[MLFLOW_TRACKING_URI]",
+    )
     a(
         "--registry-uri",
         default=_env("MLFLOW_REGISTRY_URI", None),
@@ -220,7 +225,8 @@ def parse_config(argv: list[str] | None = None) -> ServeConfig:
     if config.workers > 1 and config.port == 0:
         raise SystemExit("mlops-serve: --workers > 1 needs a fixed --port (the workers share it)")
     if not config.model_path and not config.tracking_uri:
-        raise SystemExit("mlops-serve: give --tracking-uri (or MLFLOW_TRACKING_URI) or --model-path")
+        # The pipeline's embedded default (resources.settings): MLflow on SQLite in $MLOPS_HOME.
+        config.tracking_uri = f"sqlite:///{_mlops_home().resolve() / 'mlflow.db'}"
     return config
 
 

@@ -20,13 +20,14 @@ import numpy as np
 import pytest
 
 from sensors.jobs import TRAINING_SELECTION
-from tests.conftest import materialize, training_ops
+from tests.conftest import materialize
 from tests.deploy.services import AWS_TEST_ENV, mlflow_server, postgres_server, s3_server, unavailable
 from tests.deploy.support import DEPLOY, REPO_ROOT, free_port, http_status, start, stop, tail, wait_until
+from tests.mlops_assets.test_compression import ACCURACY_ONLY, compression_ops
 
 pytestmark = [pytest.mark.production, pytest.mark.timeout(1200)]
 
-MONTHS = ["2013-01", "2013-02", "2013-03"]  # train, validation and evaluation months of training_ops()
+MONTHS = ["2013-01", "2013-02", "2013-03"]  # train, validation and evaluation months of the test configs
 # The core assets checked below; the run materializes the whole training job (compression candidates too).
 CHAIN = ["trained_model", "onnx_model", "evaluation_report", "registered_model", "champion_model"]
 PREFIX = "mlops"
@@ -87,7 +88,9 @@ def stack():
             features = [materialize(["raw_flights", "validated_features"], resources, instance=instance,
                                     partition_key=month) for month in MONTHS]  # fmt: skip
             assert all(result.success for result in features)
-            training = materialize(TRAINING_SELECTION, resources, ops=training_ops(), instance=instance)
+            # The training job as the schedule launches it, with the suite's quick stage settings.
+            ops = compression_ops(ACCURACY_ONLY)
+            training = materialize(TRAINING_SELECTION, resources, ops=ops, instance=instance)
             assert training.success
             # The same resources as a run sees them, settings resolved from the environment.
             resolved = exits.enter_context(

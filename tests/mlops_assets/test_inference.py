@@ -7,12 +7,13 @@ from mlops_assets.features import load_features
 from mlops_assets.inference import predictions_key
 from mlops_assets.modeling import onnx_feeds
 from resources.mlflow_registry import CHAMPION
-from tests.conftest import materialize, training_ops
+from sensors.jobs import TRAINING_SELECTION
+from tests.conftest import materialize
+from tests.mlops_assets.test_compression import compression_ops
 
 
 def test_batch_predictions_match_the_champion_scored_with_onnxruntime(resources):
-    chain = ["trained_model", "onnx_model", "evaluation_report", "registered_model", "champion_model"]
-    assert materialize(chain, resources, ops=training_ops()).success
+    assert materialize(TRAINING_SELECTION, resources, ops=compression_ops()).success
     result = materialize(["batch_predictions"], resources, partition_key="2013-02")
     assert result.success
 

@@ -2,9 +2,10 @@ import pytest
 
 from mlops_assets.registry import PromotionConfig, decide
 from resources.mlflow_registry import CHALLENGER, CHAMPION
-from tests.conftest import materialize, training_ops
+from sensors.jobs import TRAINING_SELECTION
+from tests.conftest import materialize
+from tests.mlops_assets.test_compression import ACCURACY_ONLY, compression_ops
 
-CHAIN = ["trained_model", "onnx_model", "evaluation_report", "registered_model", "champion_model"]
 GATE = "registered_model_promotion_gate"
 
 
@@ -12,11 +13,16 @@ def _gate(result):
     return next(e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate")
 
 
-def _run(resources, gate=None, **train):
-    ops = training_ops(**train)
+def _run(resources, gate=None, candidates_learn=True, **train):
+    """The training job: train, compress, score, evaluate, register, gate, promote."""
+    ops = compression_ops(ACCURACY_ONLY, **train)
+    if not candidates_learn:
+        # learning_rate 0 everywhere: every candidate keeps its random initial weights.
+        ops["pruned_model"] = {**ops["pruned_model"], "learning_rate": 0.0}
+        ops["student_model"] = {**ops["student_model"], "learning_rate": 0.0}
     if gate:
         ops[GATE] = gate
-    return materialize(CHAIN, resources, ops=ops, raise_on_error=False)
+    return materialize(TRAINING_SELECTION, resources, ops=ops, raise_on_error=False)
 
 
 @pytest.fixture
@@ -33,7 +39,8 @@ def test_first_model_is_evaluated_registered_and_promoted_over_the_floor(first, 
     assert 0 < report["brier"].value < 0.25
     assert 0 < report["latency_p50_ms"].value <= report["latency_p99_ms"].value
     assert report["throughput_rows_per_s"].value > 1000
-    assert report["size_bytes"].value == first.output_for_node("onnx_model")["size_bytes"]
+    winner = first.output_for_node("model_scorecard")["winner_candidate"]
+    assert report["size_bytes"].value == winner["size_bytes"]
     assert "| ROC AUC |" in report["comparison"].value and "champion_auc" not in report
 
     version = first.output_for_node("registered_model")["version"]
@@ -50,8 +57,8 @@ def test_gate_refuses_a_worse_challenger_and_the_champion_stays(first, resources
     registry = resources["registry"]
     champion = first.output_for_node("registered_model")["version"]
 
-    # learning_rate 0 leaves the network at its random initial weights: AUC near 0.5.
-    second = _run(resources, learning_rate=0.0)
+    # learning_rate 0 leaves every candidate at its random initial weights: AUC near 0.5.
+    second = _run(resources, candidates_learn=False, learning_rate=0.0)
 
     assert not second.success
     gate = _gate(second)

@@ -75,6 +75,8 @@ def serve_process(tmp_path):
 def mlflow_registry(tmp_path):
     """A real MLflow tracking store + registry on sqlite; `register(model)` logs a new version."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -87,7 +89,9 @@ def mlflow_registry(tmp_path):
             self.client = client
 
         def register(self, model, name: str = MODEL) -> str:
-            previous = mlflow.get_tracking_uri()
+            # The fluent API needs global URIs: set them for this call and put the raw previous values
+            # back (None when unset), so no later code defaults to a store in the working directory.
+            previous = (tracking_utils._tracking_uri, registry_utils._registry_uri)
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
             try:
@@ -100,7 +104,8 @@ def mlflow_registry(tmp_path):
                         onnx_execution_providers=["CPUExecutionProvider"],
                     )
             finally:
-                mlflow.set_tracking_uri(previous)
+                mlflow.set_tracking_uri(previous[0])
+                registry_utils._registry_uri = previous[1]
             return str(info.registered_model_version)
 
         def set_alias(self, alias: str, version: str, name: str = MODEL) -> None:

@@ -460,5 +460,7 @@ def test_flags_fall_back_to_environment(monkeypatch):
     assert parse_config(["--port", "9200", "--batching"]).port == 9200  # flags win
     assert parse_config(["--batching"]).batching is True
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("MLOPS_HOME", "/srv/mlops")
+    assert parse_config([]).tracking_uri == "sqlite:////srv/mlops/mlflow.db"  # the pipeline's local store
     with pytest.raises(SystemExit):
-        parse_config([])
+        parse_config(["--tls-cert", "only-a-cert.pem"])
