@@ -31,9 +31,9 @@ class PruneConfig(dg.Config):
     """Share (0-1] of each hidden layer's units left after the last step (0.3 keeps ~9% of hidden-to-hidden weights)."""
     steps: int = 3
     """Prune-then-fine-tune rounds; each keeps keep_fraction ** (1 / steps) of the units still there."""
-    finetune_epochs: int = 1
+    finetune_epochs: int = 2
     """Epochs on the training months after each step, so the remaining units take over the removed ones' work."""
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     batch_size: int = 512
     seed: int = 7
 
@@ -43,7 +43,7 @@ class DistillConfig(dg.Config):
     """Width of each hidden layer of the student; None: the teacher's widths times `width_fraction`."""
     width_fraction: float = 0.25
     """Student width as a share of the teacher's, layer by layer, when `hidden` is None."""
-    epochs: int = 4
+    epochs: int = 3
     learning_rate: float = 2e-3
     batch_size: int = 512
     temperature: float = 2.0
@@ -114,7 +114,7 @@ PROFILES = {
 
 class ScorecardConfig(dg.Config):
     month: str | None = None
-    """Held-out partition ('YYYY-MM') every candidate is scored on; None: the month after the validation month."""
+    """Held-out partition ('YYYY-MM') every candidate is scored on; None: `held_out_month` of the training window."""
     profile: str = "realtime"
     """Name of the weight profile in `profiles` that ranks the candidates."""
     profiles: dict[str, WeightProfile] = PROFILES
@@ -141,10 +141,23 @@ class ScorecardConfig(dg.Config):
         return WeightProfile.model_validate(dict(self.profiles[self.profile])).model_dump()
 
 
-def next_month(month: str) -> str:
-    """'2013-04' -> '2013-05': the first month neither training nor epoch selection has seen."""
+def shift_month(month: str, months: int) -> str:
+    """'2013-04', 1 -> '2013-05'; '2013-01', -1 -> '2012-12'."""
     year, number = (int(part) for part in month.split("-"))
-    return f"{year + number // 12}-{number % 12 + 1:02d}"
+    index = year * 12 + number - 1 + months
+    return f"{index // 12}-{index % 12 + 1:02d}"
+
+
+def held_out_month(train_months: list[str], validation_month: str) -> str:
+    """The month the scorecard scores on when none is configured: beside the validation month, outside training.
+
+    The month after the validation month unless it is a training month (the demo: train 01-03,
+    validate 04, score 05), else the month before it (retraining windows train on the newest months,
+    validate on the month before them and evaluate on the month before that). Either way it is the
+    month evaluation_report uses in those windows, so the winner is judged on the data that chose it.
+    """
+    after = shift_month(validation_month, 1)
+    return after if after not in train_months else shift_month(validation_month, -1)
 
 
 def _lineage_tags(trained_model: dict, candidate: str) -> dict[str, str]:
@@ -589,7 +602,7 @@ def model_scorecard(
     candidates = {
         c["candidate"]: c for c in (onnx_model, pruned_model, student_model, int8_dynamic_model, int8_static_model)
     }
-    month = config.month or next_month(trained_model["validation_month"])
+    month = config.month or held_out_month(trained_model["train_months"].split(","), trained_model["validation_month"])
     frame = load_features(store, [month])
     measurement = scorecard.Measurement(
         latency_runs=config.latency_runs,

@@ -4,10 +4,19 @@ import dagster as dg
 
 import resources
 import sensors
-from mlops_assets import compression, datasets, evaluation, features, inference, monitoring, registry, training
+from mlops_assets import (
+    compression,
+    datasets,
+    deployment,
+    evaluation,
+    features,
+    inference,
+    monitoring,
+    registry,
+    training,
+)
 
-
-PIPELINE_MODULES = [datasets, features, training, compression, evaluation, registry, inference, monitoring]
+PIPELINE_MODULES = [datasets, features, training, compression, evaluation, registry, deployment, inference, monitoring]
 
 
 @dg.definitions

@@ -21,6 +21,9 @@ class PromotionConfig(dg.Config):
     """ROC AUC a first model must reach when there is no champion yet."""
 
 
+SCORECARD_SUMMARY = ("scorecard_profile", "scorecard_score", "scorecard_rank", "scorecard_why", "scorecard_ranking")
+
+
 def scorecard_tags(scorecard: dict) -> dict[str, str]:
     """The winner's scorecard as registry tags: its rank and score, every figure, the ranking, where the rest is."""
     winner = scorecard["winner"]
@@ -42,7 +45,9 @@ def scorecard_tags(scorecard: dict) -> dict[str, str]:
         "scorecard_max_auc_loss": f"{scorecard['max_auc_loss']:g}",
         "scorecard_artifact": scorecard["artifact_uri"],
     }
-    tags.update({f"scorecard_{key}": f"{value:.6g}" for key, value in figures.items() if isinstance(value, int | float)})
+    tags.update(
+        {f"scorecard_{key}": f"{value:.6g}" for key, value in figures.items() if isinstance(value, int | float)}
+    )
     return tags
 
 
@@ -74,7 +79,13 @@ def registered_model(
     registry.client().set_registered_model_alias(registry.model_name, CHALLENGER, version)
     return dg.Output(
         {"version": version, **tags, "evaluation": evaluation_report},
-        metadata={"model_name": registry.model_name, "version": version, "alias": CHALLENGER, **tags},
+        metadata={
+            "model_name": registry.model_name,
+            "version": version,
+            "alias": CHALLENGER,
+            # The figures stay in the tags and the scorecard asset; the UI shows the verdict.
+            **{k: v for k, v in tags.items() if not k.startswith("scorecard_") or k in SCORECARD_SUMMARY},
+        },
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import pickle
 import subprocess
 import sys
@@ -239,7 +238,7 @@ def why(verdicts: list[Verdict], weights: dict[str, float]) -> str:
     runner = others[0]
     total = sum(weights.values())
     gains = sorted(((weights.get(a, 0.0) * (winner.axes[a] - runner.axes[a]) / total, a) for a in AXES), reverse=True)
-    leads = ", ".join(f"{a} (+{g:.3f})" for g, a in gains if g > 0.0005)[:200] or "no single axis"
+    leads = ", ".join(f"{a} (+{g:.3f})" for g, a in gains if g > 0.0005) or "no single axis"
     return (
         f"{winner.name} scores {winner.score:.3f} against {runner.name}'s {runner.score:.3f}; "
         f"weighted gains over it come from {leads}."
@@ -283,13 +282,3 @@ def plot_png(figures: dict[str, dict], verdicts: list[Verdict]) -> bytes:
 def embedded_png(png: bytes) -> str:
     return f"![scorecard plot](data:image/png;base64,{base64.b64encode(png).decode()})"
 
-
-def compact(figures: dict, verdicts: list[Verdict]) -> str:
-    """The ranking in a registry tag's few hundred characters: name, score, pass or rejected."""
-    parts = [f"{v.rank}. {v.name} {v.score:.3f}{'' if v.passed else ' rejected'}" for v in verdicts]
-    return "; ".join(parts)
-
-
-def finite(figures: dict) -> dict:
-    """JSON- and MLflow-safe copy: floats only where numbers are."""
-    return {k: (float(v) if isinstance(v, (int, float)) and math.isfinite(v) else v) for k, v in figures.items()}

@@ -16,7 +16,8 @@ class TrainConfig(dg.Config):
     """Partitions ('YYYY-MM') the network learns from."""
     validation_month: str = "2013-04"
     """Partition used to pick the best epoch."""
-    epochs: int = 6
+    epochs: int = 4
+    """Passes over the training months; the weights of the best validation epoch are kept."""
     batch_size: int = 512
     learning_rate: float = 1e-3
     hidden: list[int] = [512, 512, 256]

@@ -85,12 +85,10 @@ class MlflowSource:
         target = self.cache_dir / name / str(version)
         if not target.exists() or not any(target.rglob("*.onnx")):
             target.mkdir(parents=True, exist_ok=True)
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=uri,
-                dst_path=str(target),
-                tracking_uri=self.tracking_uri,
-                registry_uri=self.registry_uri,
-            )
+            # Resolve the artifact location with our own client: mlflow resolves a `models:/` URI whose
+            # source is a logged model (`models:/m-...`) against its process-global tracking URI.
+            location = self.client.get_model_version_download_uri(name, str(version))
+            mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(target))
         return find_onnx(target), uri
 
     def describe(self) -> str:

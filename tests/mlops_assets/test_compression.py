@@ -3,14 +3,17 @@ import json
 import re
 import shutil
 
+import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
 
 from mlops_assets import modeling, scorecard
-from mlops_assets.compression import ScorecardConfig, next_month
+from mlops_assets.compression import ScorecardConfig, held_out_month
 from mlops_assets.features import load_features
+from mlops_assets.features_spec import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from resources import local_resources
 from resources.mlflow_registry import CHALLENGER
 from sensors.jobs import TRAINING_SELECTION
@@ -19,7 +22,7 @@ from tests.conftest import materialize, training_ops
 # Candidates small and quick enough for 2 shared cores; the scorecard's month defaults to 2013-03,
 # the month after FAST_TRAIN's validation month.
 FAST_COMPRESSION = {
-    "pruned_model": {"keep_fraction": 0.5, "steps": 2},
+    "pruned_model": {"keep_fraction": 0.5, "steps": 2, "finetune_epochs": 1},
     "student_model": {"epochs": 1},
     "int8_static_model": {"calibration_rows": 512},
     "model_scorecard": {"latency_runs": 50, "throughput_repeats": 10, "rounds": 1},
@@ -73,6 +76,32 @@ def test_pruning_removes_units_so_parameters_and_file_shrink(pipeline):
     assert _check(result, "pruned_model").passed
     steps = result.asset_materializations_for_node("pruned_model")[0].metadata["steps"].value
     assert steps.count("\n") == 3  # header, rule, two steps
+
+
+def test_removing_units_without_outgoing_weights_leaves_predictions_unchanged():
+    """Structured pruning slices the right rows and columns: units that pass nothing on go, nothing else changes."""
+    rng = np.random.default_rng(0)
+    prep = modeling.Preprocessing(
+        numeric_mean=[0.0] * len(NUMERIC_FEATURES),
+        numeric_std=[1.0] * len(NUMERIC_FEATURES),
+        vocabularies={c: ["a", "b", "c"] for c in CATEGORICAL_FEATURES},
+    )
+    torch.manual_seed(0)
+    network = modeling.FlightDelayNet(prep, modeling.NetConfig(hidden=(8, 4)))
+    first, second, output = network.linears()
+    with torch.no_grad():
+        second.weight[:, [1, 3, 4, 6]] = 0.0  # four units of the first layer feed nothing on
+        output.weight[:, [0, 2]] = 0.0  # two units of the second layer neither
+    frame = pd.DataFrame({c: rng.normal(size=64) for c in NUMERIC_FEATURES})
+    frame = frame.assign(**{c: rng.choice(["a", "b", "c", "new"], 64) for c in CATEGORICAL_FEATURES})
+
+    pruned = modeling.prune_hidden_units(network, prep, keep_fraction=0.5)
+
+    assert pruned.config.hidden == (4, 2)
+    assert modeling.parameter_count(pruned) < modeling.parameter_count(network)
+    np.testing.assert_allclose(
+        modeling.predict(pruned, prep, frame), modeling.predict(network, prep, frame), rtol=0, atol=1e-6
+    )
 
 
 def test_student_is_smaller_than_its_teacher_and_tracked_under_the_training_run(pipeline):
@@ -226,9 +255,11 @@ def test_scorecard_shows_a_table_and_a_plot_in_the_ui(pipeline):
     assert json.loads(metadata["weights"].value)["latency"] == 4.0
 
 
-def test_next_month_is_the_first_unseen_month():
-    assert next_month("2013-04") == "2013-05"
-    assert next_month("2013-12") == "2014-01"
+def test_the_default_held_out_month_is_outside_the_training_window():
+    assert held_out_month(["2013-01", "2013-02", "2013-03"], "2013-04") == "2013-05"  # the demo
+    assert held_out_month(["2013-01"], "2013-02") == "2013-03"  # the tests' FAST_TRAIN
+    assert held_out_month(["2013-03", "2013-04", "2013-05"], "2013-02") == "2013-01"  # a retraining window
+    assert held_out_month(["2013-10", "2013-11"], "2013-12") == "2014-01"
 
 
 def test_memory_is_measured_in_a_fresh_process(pipeline):
