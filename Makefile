@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench ui mlflow-ui serve lint clean
+.PHONY: setup demo test test-slow bench ui mlflow-ui serve lint clean
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -24,11 +24,17 @@ $(DAGSTER_HOME)/dagster.yaml: deploy/local/dagster.yaml
 demo: setup
 	$(BIN)/python -m mlops_assets.demo
 
+# `make test` leaves out the slow end-to-end scenarios; CI (.ci/run) runs them with `make test-slow`.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
 
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
+
+# Each benchmark writes JSON under benchmarks/results/; figures are ratios measured in one run.
+BENCHMARKS := pipeline_bench compression_bench drift_bench serving_bench
 bench: setup
-	$(BIN)/python -m benchmarks.pipeline_bench
+	@for bench in $(BENCHMARKS); do echo "== $$bench"; $(BIN)/python -m benchmarks.$$bench || exit 1; done
 
 ui: setup
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -m mlops_assets.definitions

@@ -35,7 +35,7 @@ def local_resources(home: Path | None = None) -> dict:
     endpoint only where MLOPS_SERVING_URL names one (`make serve` listens on 127.0.0.1:8001)."""
     home = home or mlops_home()
     return {
-        "source": FlightSource(),
+        "source": FlightSource(uri=os.environ.get("MLOPS_FLIGHTS_URI") or None),
         "store": LocalArtifactStore(root=str(home / "artifacts")),
         "registry": MlflowRegistry(
             tracking_uri=default_tracking_uri(home), artifact_location=(home / "mlartifacts").as_uri()

@@ -1,0 +1,47 @@
+import pandas as pd
+import pytest
+
+from resources import LocalArtifactStore, S3ArtifactStore, local_resources
+
+
+def _roundtrip(store):
+    frame = pd.DataFrame({"flight_id": ["a", "b"], "score": [0.1, 0.9]})
+    store.write_frame("predictions/2013-01.parquet", frame)
+    assert store.exists("predictions/2013-01.parquet")
+    pd.testing.assert_frame_equal(store.read_frame("predictions/2013-01.parquet"), frame)
+    store.delete("predictions/2013-01.parquet")
+    assert not store.exists("predictions/2013-01.parquet")
+
+
+def test_local_store_roundtrip_leaves_no_partial_files(tmp_path):
+    store = LocalArtifactStore(root=str(tmp_path))
+    _roundtrip(store)
+    store.write_bytes("models/x/model.onnx", b"onnx")
+    assert sorted(p.name for p in (tmp_path / "models" / "x").iterdir()) == ["model.onnx"]
+
+
+def test_s3_store_roundtrip(monkeypatch):
+    # moto stands in for AWS S3, which cannot be reached from here; tests/deploy runs a real moto_server.
+    import boto3
+    from moto import mock_aws
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="mlops")
+        store = S3ArtifactStore(bucket="mlops", prefix="team-a")
+        _roundtrip(store)
+        assert store.uri("features/2013-01.parquet") == "s3://mlops/team-a/features/2013-01.parquet"
+
+
+@pytest.mark.parametrize("uri", [None, "s3://my-bucket/flights/{partition}.parquet"])
+def test_flights_uri_comes_from_the_environment(monkeypatch, tmp_path, uri):
+    if uri:
+        monkeypatch.setenv("MLOPS_FLIGHTS_URI", uri)
+    else:
+        monkeypatch.delenv("MLOPS_FLIGHTS_URI", raising=False)
+    assert local_resources(tmp_path)["source"].uri == uri
