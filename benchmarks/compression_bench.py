@@ -70,7 +70,7 @@ def int8_of_baseline(store, trained: dict, baseline: dict, month: str) -> dict[s
     files = {name: modeling.with_preprocessing(model, prep) for name, model in models.items()}
     # The baseline again, next to them, so machine load changes between runs do not enter the ratios.
     files["baseline"] = store.read_bytes(baseline["onnx_key"])
-    return {name: scorecard.measure(data, frame, measurement, 0.048) for name, data in files.items()}
+    return scorecard.measure(files, frame, measurement, 0.048)
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:

@@ -64,7 +64,10 @@ def run_pipeline(instance: dg.DagsterInstance) -> DemoRun:
             raise SystemExit(f"validated_features failed for {month}; see the run in the Dagster UI")
     run.timings["features_s"] = time.perf_counter() - start
 
-    start = _stage("trained_model -> onnx_model -> evaluation_report -> registered_model -> gate -> champion")
+    start = _stage(
+        "trained_model -> onnx_model -> pruned/student/int8 candidates -> model_scorecard -> "
+        "evaluation_report -> registered_model -> gate -> champion"
+    )
     run.training = materialize(instance, TRAINING_SELECTION)
     run.timings["training_s"] = time.perf_counter() - start
     if not run.training.success and _gate(run.training) is None:
@@ -91,6 +94,8 @@ def summary(run: DemoRun) -> list[str]:
     champion = registry.version_by_alias(CHAMPION)
     challenger = registered["evaluation"]["challenger"]
     return [
+        f"scorecard ({registered['scorecard_profile']}): {registered['candidate']} won - "
+        f"{registered['scorecard_ranking']}",
         f"challenger: {registry.model_name} v{registered['version']}, ROC AUC {challenger['auc']:.4f} on "
         f"{registered['evaluation_month']} (MLflow run {registered['mlflow_run_id']})",
         f"promotion: {gate.metadata['decision'].value} - {gate.metadata['reason'].value}",

@@ -7,6 +7,7 @@ graph takes raw feature columns and serving can never preprocess differently fro
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -253,16 +254,22 @@ def export_network(model: FlightDelayNet):
     model.eval()
     sample = (torch.zeros(2, len(NUMERIC_FEATURES)), torch.zeros(2, len(CATEGORICAL_FEATURES), dtype=torch.long))
     batch = torch.export.Dim("batch")
-    program = torch.onnx.export(
-        model,
-        sample,
-        input_names=["numeric", "categorical"],
-        output_names=["probability"],
-        dynamic_shapes={"numeric": {0: batch}, "categorical": {0: batch}},
-        external_data=False,
-        dynamo=True,
-        verbose=False,
-    )
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # it warns about every torchvision op it cannot register
+    try:
+        program = torch.onnx.export(
+            model,
+            sample,
+            input_names=["numeric", "categorical"],
+            output_names=["probability"],
+            dynamic_shapes={"numeric": {0: batch}, "categorical": {0: batch}},
+            external_data=False,
+            dynamo=True,
+            verbose=False,
+        )
+    finally:
+        exporter_log.setLevel(level)
     return program.model_proto
 
 

@@ -42,11 +42,12 @@ class Measurement:
     seed: int = 0
 
 
-def probe(onnx_bytes: bytes, frame: pd.DataFrame, measurement: Measurement) -> dict[str, float]:
-    """Operational figures from `measurement.rounds` fresh subprocesses, median of each figure.
+def probe(models: dict[str, bytes], frame: pd.DataFrame, measurement: Measurement) -> dict[str, dict[str, float]]:
+    """Operational figures of every model from fresh subprocesses, round-robin, median of each figure.
 
-    A fresh process per round keeps one candidate's allocations and warm caches out of the next
-    candidate's memory and timing figures; the median damps a busy neighbour on a shared machine.
+    A fresh process per measurement keeps one candidate's allocations and warm caches out of the
+    next one's memory and timing figures. Rounds visit every candidate in turn, so a busy neighbour
+    on a shared machine slows them all alike, and the median of the rounds damps it.
     """
     single = [onnx_feeds(frame.iloc[[i % len(frame)]]) for i in range(measurement.latency_runs)]
     request = {
@@ -55,20 +56,25 @@ def probe(onnx_bytes: bytes, frame: pd.DataFrame, measurement: Measurement) -> d
         "warmup": min(50, measurement.latency_runs),
         "repeats": measurement.throughput_repeats,
     }
-    rounds = []
+    rounds: dict[str, list[dict]] = {name: [] for name in models}
     with tempfile.TemporaryDirectory(prefix="scorecard-") as tmp:
-        model = Path(tmp) / "model.onnx"
-        model.write_bytes(onnx_bytes)
-        for round_ in range(measurement.rounds):
-            output = Path(tmp) / f"figures-{round_}.json"
-            path = Path(tmp) / "request.pkl"
-            path.write_bytes(pickle.dumps({**request, "model": str(model), "output": str(output)}))
-            done = subprocess.run([sys.executable, str(PROBE), str(path)], capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"session probe failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-            rounds.append(json.loads(output.read_text()))
-    figures = {key: float(np.median([r[key] for r in rounds])) for key in rounds[0] if key != "memory_method"}
-    figures["memory_method"] = rounds[0]["memory_method"]
+        for name, data in models.items():
+            (Path(tmp) / f"{name}.onnx").write_bytes(data)
+        for _ in range(measurement.rounds):
+            for name in models:
+                output, path = Path(tmp) / f"{name}.json", Path(tmp) / "request.pkl"
+                model = str(Path(tmp) / f"{name}.onnx")
+                path.write_bytes(pickle.dumps({**request, "model": model, "output": str(output)}))
+                done = subprocess.run([sys.executable, str(PROBE), str(path)], capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise RuntimeError(
+                        f"session probe of {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+                    )
+                rounds[name].append(json.loads(output.read_text()))
+    figures = {}
+    for name, runs in rounds.items():
+        figures[name] = {key: float(np.median([r[key] for r in runs])) for key in runs[0] if key != "memory_method"}
+        figures[name]["memory_method"] = runs[0]["memory_method"]
     return figures
 
 
@@ -90,21 +96,27 @@ def perturbed(frame: pd.DataFrame, measurement: Measurement) -> dict[str, pd.Dat
     return {"noise": noisy, "unseen": unseen}
 
 
-def measure(onnx_bytes: bytes, frame: pd.DataFrame, measurement: Measurement, price_per_vcpu_hour: float) -> dict:
-    """Every figure the scorecard shows for one candidate, on `frame` (labelled held-out rows)."""
+def measure(
+    models: dict[str, bytes], frame: pd.DataFrame, measurement: Measurement, price_per_vcpu_hour: float
+) -> dict[str, dict]:
+    """Every figure the scorecard shows, per model, on `frame` (labelled held-out rows)."""
     labels = frame[TARGET].to_numpy()
-    clean = onnx_metrics.predictive(labels, onnx_metrics.scores(onnx_bytes, frame))
     variants = perturbed(frame, measurement)
-    robust = {
-        f"auc_{name}": onnx_metrics.predictive(labels, onnx_metrics.scores(onnx_bytes, rows))["auc"]
-        for name, rows in variants.items()
-    }
-    operational = probe(onnx_bytes, frame, measurement)
-    cost = {
-        f"cost_per_1k_usd_{label}": operational[f"cpu_s_per_row_{label}"] * 1000 / 3600 * price_per_vcpu_hour
-        for label in ("one_thread", "all_threads")
-    }
-    return {"auc": clean["auc"], "f1": clean["f1"], **robust, **operational, **cost, "size_bytes": len(onnx_bytes)}
+    operational = probe(models, frame, measurement)
+    figures = {}
+    for name, data in models.items():
+        clean = onnx_metrics.predictive(labels, onnx_metrics.scores(data, frame))
+        robust = {
+            f"auc_{variant}": onnx_metrics.predictive(labels, onnx_metrics.scores(data, rows))["auc"]
+            for variant, rows in variants.items()
+        }
+        timed = operational[name]
+        cost = {
+            f"cost_per_1k_usd_{label}": timed[f"cpu_s_per_row_{label}"] * 1000 / 3600 * price_per_vcpu_hour
+            for label in ("one_thread", "all_threads")
+        }
+        figures[name] = {"auc": clean["auc"], "f1": clean["f1"], **robust, **timed, **cost, "size_bytes": len(data)}
+    return figures
 
 
 def axis_scores(figures: dict[str, dict], auc_scale: float) -> dict[str, dict[str, float]]:
@@ -245,8 +257,8 @@ def why(verdicts: list[Verdict], weights: dict[str, float]) -> str:
     )
 
 
-def plot_png(figures: dict[str, dict], verdicts: list[Verdict]) -> bytes:
-    """AUC against p99 latency at batch 1 (one thread); marker area proportional to file size."""
+def plot_png(figures: dict[str, dict], verdicts: list[Verdict], floor: float) -> bytes:
+    """AUC against p99 latency at batch 1 (one thread); marker area proportional to file size; the floor dashed."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers; must precede pyplot
@@ -268,6 +280,10 @@ def plot_png(figures: dict[str, dict], verdicts: list[Verdict]) -> bytes:
         )
         label = f"{v.name} ({f['size_bytes'] / 1024:,.0f} KiB)"
         ax.annotate(label, (f["latency_p99_ms_one_thread"], f["auc"]), xytext=(6, 6), textcoords="offset points")
+    ax.axhline(floor, linestyle="--", color="tab:red", linewidth=1)
+    ax.annotate("accuracy floor", (0, floor), xycoords=("axes fraction", "data"), xytext=(4, -12),
+                textcoords="offset points", color="tab:red")  # fmt: skip
+    ax.margins(x=0.25, y=0.15)  # room for the labels of the largest and outermost markers
     ax.set_xlabel("p99 latency at batch 1, one thread (ms)")
     ax.set_ylabel("ROC AUC on held-out month")
     ax.set_title(f"Scorecard: winner {verdicts[0].name} (green); rejected in red; area = file size")
@@ -281,4 +297,3 @@ def plot_png(figures: dict[str, dict], verdicts: list[Verdict]) -> bytes:
 
 def embedded_png(png: bytes) -> str:
     return f"![scorecard plot](data:image/png;base64,{base64.b64encode(png).decode()})"
-

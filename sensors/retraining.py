@@ -36,6 +36,7 @@ class RetrainingWindow:
                     "config": {"train_months": list(self.train_months), "validation_month": self.validation_month}
                 },
                 "evaluation_report": {"config": {"evaluation_month": self.evaluation_month}},
+                "model_scorecard": {"config": {"month": self.evaluation_month}},
             }
         }
 

@@ -16,6 +16,12 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests never write to a developer'
 # Small enough for 2 cores, large enough to learn something real.
 FAST_TRAIN = {"train_months": ["2013-01"], "validation_month": "2013-02", "epochs": 2, "hidden": [64, 32]}
 FAST_EVAL = {"evaluation_month": "2013-03", "latency_runs": 30}
+FAST_COMPRESSION = {
+    "pruned_model": {"keep_fraction": 0.5, "steps": 2, "finetune_epochs": 1},
+    "student_model": {"epochs": 1},
+    "int8_static_model": {"calibration_rows": 512},
+    "model_scorecard": {"latency_runs": 50, "throughput_repeats": 10, "rounds": 1},
+}
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -33,7 +39,7 @@ def materialize(selection, resources, ops=None, instance=None, **kwargs) -> dg.E
 
 
 def training_ops(**overrides) -> dict:
-    return {"trained_model": {**FAST_TRAIN, **overrides}, "evaluation_report": FAST_EVAL}
+    return {"trained_model": {**FAST_TRAIN, **overrides}, "evaluation_report": FAST_EVAL, **FAST_COMPRESSION}
 
 
 @pytest.fixture(scope="session")
