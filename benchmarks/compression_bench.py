@@ -10,9 +10,8 @@ import time
 import dagster as dg
 
 from benchmarks.common import fresh_home, write_result
-from mlops_assets import modeling, quantization, scorecard
+from mlops_assets import modeling, quantization, runs, scorecard
 from mlops_assets.compression import StaticQuantizeConfig
-from mlops_assets.definitions import defs
 from mlops_assets.features import load_features
 from resources import local_resources
 from sensors.jobs import TRAINING_SELECTION
@@ -82,18 +81,8 @@ def table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def materialize(instance: dg.DagsterInstance, selection, ops: dict | None = None, **kwargs):
-    definitions = defs()
-    return dg.materialize(
-        [*definitions.assets, *definitions.asset_checks],
-        selection=selection,
-        instance=instance,
-        resources=local_resources(),
-        raise_on_error=False,
-        run_config={
-            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            "ops": {name: {"config": config} for name, config in (ops or {}).items()},
-        },
-        **kwargs,
+    return runs.materialize(
+        selection, resources=local_resources(), instance=instance, ops=ops, raise_on_error=False, **kwargs
     )
 
 

@@ -24,13 +24,12 @@ import time
 import dagster as dg
 
 from benchmarks.common import fresh_home, write_result
-from mlops_assets.definitions import defs
+from mlops_assets import runs
 from mlops_assets.partitions import monthly_partitions
 from resources import local_resources
 from sensors.drift import RetrainingCursor, drift_sensor
 from sensors.jobs import TRAINING_SELECTION
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 CHAMPION_CONFIG = {
     "trained_model": {"epochs": 2, "hidden": [64, 32]},  # the default window 2013-01..03, a smaller network
     "evaluation_report": {"latency_runs": 30},
@@ -38,15 +37,7 @@ CHAMPION_CONFIG = {
 
 
 def _materialize(resources, instance, selection, ops=None, **kwargs) -> dg.ExecuteInProcessResult:
-    definitions = defs()
-    return dg.materialize(
-        [*definitions.assets, *definitions.asset_checks],
-        selection=selection,
-        resources=resources,
-        instance=instance,
-        run_config={**QUIET, "ops": {name: {"config": cfg} for name, cfg in (ops or {}).items()}},
-        **kwargs,
-    )
+    return runs.materialize(selection, resources=resources, instance=instance, ops=ops, **kwargs)
 
 
 def _tick(instance, cursor):

@@ -11,12 +11,12 @@ from __future__ import annotations
 import dagster as dg
 
 from mlops_assets.partitions import monthly_partitions
+from mlops_assets.runs import QUIET
 from resources.mlflow_registry import CHAMPION
 from sensors.drift import RetrainingCursor, drift_sensor
 from sensors.jobs import training_job
 
 DEMO_MONTHS = monthly_partitions.get_partition_keys()[3:]  # 2013-04..2013-12: everything after the first window
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 DRIFT_REPORT = dg.AssetKey("drift_report")
 
 

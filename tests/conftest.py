@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mlops_assets.definitions import defs
+from mlops_assets import runs
 from resources import local_resources
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -22,20 +22,11 @@ FAST_COMPRESSION = {
     "int8_static_model": {"calibration_rows": 512},
     "model_scorecard": {"latency_runs": 50, "throughput_repeats": 10, "rounds": 1},
 }
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def materialize(selection, resources, ops=None, instance=None, **kwargs) -> dg.ExecuteInProcessResult:
-    """dg.materialize over the real Definitions with per-asset config."""
-    definitions = defs()
-    return dg.materialize(
-        [*definitions.assets, *definitions.asset_checks],
-        selection=selection,
-        resources=resources,
-        instance=instance,
-        run_config={**QUIET, "ops": {name: {"config": cfg} for name, cfg in (ops or {}).items()}},
-        **kwargs,
-    )
+    """mlops_assets.runs.materialize with the argument order the tests use."""
+    return runs.materialize(selection, resources=resources, instance=instance, ops=ops, **kwargs)
 
 
 def training_ops(**overrides) -> dict:
@@ -62,3 +53,23 @@ def home(features_home, tmp_path) -> Path:
 @pytest.fixture
 def resources(home) -> dict:
     return local_resources(home)
+
+
+@pytest.fixture(scope="session")
+def monitored_home(features_home, tmp_path_factory) -> Path:
+    """A home with a small champion trained on 2013-01 (built once per session for the drift tests)."""
+    from tests.sensors.support import champion_home
+
+    return champion_home(features_home, tmp_path_factory.mktemp("monitoring"))
+
+
+@pytest.fixture
+def monitored_resources(monitored_home) -> dict:
+    return local_resources(monitored_home)
+
+
+@pytest.fixture
+def instance():
+    # A persistent (temporary) instance: build_sensor_context refuses an ephemeral one.
+    with dg.instance_for_test() as instance:
+        yield instance

@@ -12,23 +12,7 @@ from mlops_assets.monitoring import DriftConfig, drift_html_key
 from resources import local_resources
 from sensors.drift import live_performance_sensor
 from tests.conftest import materialize
-from tests.sensors.support import SHIFTED_COLUMN, UNCHANGED, champion_home, drift_report, shifted
-
-
-@pytest.fixture(scope="session")
-def monitored_home(features_home, tmp_path_factory) -> Path:
-    return champion_home(features_home, tmp_path_factory.mktemp("monitoring"))
-
-
-@pytest.fixture
-def monitored_resources(monitored_home) -> dict:
-    return local_resources(monitored_home)
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
+from tests.sensors.support import SHIFTED_COLUMN, UNCHANGED, drift_report, shifted
 
 
 @pytest.mark.parametrize(
