@@ -31,12 +31,12 @@ def batch_predictions(
     if champion is None:
         raise dg.Failure("no registry version holds alias 'champion' yet: materialize champion_model first")
     version = str(champion.version)
-    onnx_bytes = registry.onnx_bytes(version)
+    champion_session = onnx_metrics.session(registry.onnx_bytes(version))
     rows, paths = 0, []
     for partition in context.partition_keys:
         frame = load_features(store, [partition])
         scored = pd.DataFrame(
-            {ROW_KEY: frame[ROW_KEY], "score": onnx_metrics.scores(onnx_bytes, frame), "model_version": version}
+            {ROW_KEY: frame[ROW_KEY], "score": onnx_metrics.predict(champion_session, frame), "model_version": version}
         )
         paths.append(store.write_frame(predictions_key(partition), scored))
         rows += len(scored)

@@ -148,10 +148,10 @@ def drift_report(
 
     reference = load_features(store, reference_months)[list(FEATURES)]
     current, source = _current_rows(context, config, store)
-    onnx_bytes = registry.onnx_bytes(version)
     # Prediction drift: the champion scores both sides, so a change of serving version cannot pose as drift.
-    reference = reference.assign(**{drift.PREDICTION_COLUMN: onnx_metrics.scores(onnx_bytes, reference)})
-    current = current.assign(**{drift.PREDICTION_COLUMN: onnx_metrics.scores(onnx_bytes, current)})
+    champion_session = onnx_metrics.session(registry.onnx_bytes(version))
+    reference = reference.assign(**{drift.PREDICTION_COLUMN: onnx_metrics.predict(champion_session, reference)})
+    current = current.assign(**{drift.PREDICTION_COLUMN: onnx_metrics.predict(champion_session, current)})
 
     result = drift.compute_drift(
         reference,

@@ -19,8 +19,13 @@ def session(onnx_bytes: bytes, threads: int = 0):
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
 
+def predict(sess, frame: pd.DataFrame) -> np.ndarray:
+    """P(late) per row from an open session; open it once when scoring several frames."""
+    return sess.run(["probability"], onnx_feeds(frame))[0].reshape(-1)
+
+
 def scores(onnx_bytes: bytes, frame: pd.DataFrame) -> np.ndarray:
-    return session(onnx_bytes).run(["probability"], onnx_feeds(frame))[0].reshape(-1)
+    return predict(session(onnx_bytes), frame)
 
 
 def predictive(labels: np.ndarray, probability: np.ndarray) -> dict[str, float]:
