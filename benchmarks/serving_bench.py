@@ -11,7 +11,10 @@ and one set of rows serve every target:
 - `serve_batching_off`: this server without the batcher and without the optional features;
 - `serve_batching_on`: the same with dynamic batching;
 - `serve_all_features`: batching, NaN/Inf validation, the prediction log (every request) and a
-  bearer token (metrics and signature validation are always on).
+  bearer token (metrics and signature validation are always on);
+- `serve_workers_2`: batching on, two worker processes sharing the port (SO_REUSEPORT);
+- `serve_large_batching_off` / `serve_large_batching_on`: a wider MLP (1024-1024-512, about 100 µs
+  a row in onnxruntime instead of 20), where the model is a real share of a request's cost.
 
 Each cell is concurrency 1 or 16 with 1-row or 64-row requests. The load generators are Python
 processes with pre-serialised requests (raw gRPC for this server, raw HTTP/1.1 keep-alive for
@@ -410,7 +413,8 @@ def perf_analyzer(target: ServeTarget, concurrency: int, rows: int, seconds: flo
 # --- main --------------------------------------------------------------------------------------------------
 
 
-def build_model(folder: Path) -> tuple[Path, Path]:
+def build_models(folder: Path) -> tuple[Path, Path, Path]:
+    """The benchmark model as an ONNX file and an MLflow model, and the wider model as an ONNX file."""
     import mlflow.onnx
 
     from serving import demo_models
@@ -421,10 +425,12 @@ def build_model(folder: Path) -> tuple[Path, Path]:
     mlflow.onnx.save_model(
         model, str(mlflow_dir), save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"]
     )
-    return path, mlflow_dir
+    large = demo_models.save(demo_models.flight_model(seed=0, hidden=(1024, 1024, 512)), folder / "large.onnx")
+    return path, mlflow_dir, large
 
 
-def targets_for(folder: Path, model_path: Path, mlflow_dir: Path, data, only: set[str] | None) -> list[Target]:
+def targets_for(folder: Path, models: tuple[Path, Path, Path], data, only: set[str] | None) -> list[Target]:
+    model_path, mlflow_dir, large_path = models
     log_dir = folder / "prediction_logs"
     quiet = ["--prediction-log-sample-rate", "0", "--nan-policy", "allow"]
     specs = [
@@ -449,6 +455,20 @@ def targets_for(folder: Path, model_path: Path, mlflow_dir: Path, data, only: se
                 log_dir,
             ),
         ),
+        (
+            "serve_workers_2",
+            lambda: ServeTarget(
+                "serve_workers_2", model_path, data, ["--batching", "--workers", "2", *quiet], None, log_dir
+            ),
+        ),
+        (
+            "serve_large_batching_off",
+            lambda: ServeTarget("serve_large_batching_off", large_path, data, ["--no-batching", *quiet], None, log_dir),
+        ),
+        (
+            "serve_large_batching_on",
+            lambda: ServeTarget("serve_large_batching_on", large_path, data, ["--batching", *quiet], None, log_dir),
+        ),
     ]
     return [make() for name, make in specs if not only or name in only]
 
@@ -471,6 +491,14 @@ def verdicts(results: dict) -> dict:
         "batching_on_over_off_c1": ratio(rps("serve_batching_on", 1), rps("serve_batching_off", 1)),
         "all_features_over_batching_on_c16": ratio(rps("serve_all_features", 16), rps("serve_batching_on", 16)),
         "batching_on_over_off_c16_rows64": ratio(rps("serve_batching_on", 16, 64), rps("serve_batching_off", 16, 64)),
+        "workers_2_over_1_c16": ratio(rps("serve_workers_2", 16), rps("serve_batching_on", 16)),
+        "workers_2_vs_mlflow_c16": ratio(rps("serve_workers_2", 16), rps("mlflow_serve", 16)),
+        "large_model_batching_on_over_off_c16": ratio(
+            rps("serve_large_batching_on", 16), rps("serve_large_batching_off", 16)
+        ),
+        "large_model_batching_on_over_off_c1": ratio(
+            rps("serve_large_batching_on", 1), rps("serve_large_batching_off", 1)
+        ),
     }
     out["targets"] = {
         "at_least_4x_mlflow_c16": (out["throughput_vs_mlflow_c16"] or 0) >= 4,
@@ -503,9 +531,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from serving import demo_models
 
-    model_path, mlflow_dir = build_model(folder)
+    models = build_models(folder)
     data = {rows: demo_models.flight_rows(rows, seed=rows) for rows in ROWS}
-    targets = targets_for(folder, model_path, mlflow_dir, data, only)
+    targets = targets_for(folder, models, data, only)
     samples: dict[str, dict[str, list[dict]]] = {t.name: {} for t in targets}
     try:
         for target in targets:  # warm every path once before measuring
@@ -547,7 +575,8 @@ def main(argv: list[str] | None = None) -> None:
             results[name][cell] = median
     payload = {
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
-        "model": "flight_delay signature (7 FP32 + 3 BYTES inputs), MLP 256-256 in the graph",
+        "model": "flight_delay signature (7 FP32 + 3 BYTES inputs), MLP 256-256 in the graph; "
+        "serve_large_*: MLP 1024-1024-512",
         "seconds_per_cell": seconds,
         "rounds": rounds,
         "load_generator": "Python processes with pre-serialised requests (raw gRPC / raw HTTP keep-alive), "
@@ -558,6 +587,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.perf_analyzer:
         payload["perf_analyzer"] = perf
+        # The same servers driven by a C++ client, against mlflow driven by the (cheap) raw HTTP client.
+        mlflow_c16 = results.get("mlflow_serve", {}).get("c16_rows1", {}).get("requests_per_s")
+        payload["summary"]["perf_analyzer_vs_mlflow_c16"] = {
+            name: ratio((cells.get("c16_rows1") or {}).get("requests_per_s"), mlflow_c16)
+            for name, cells in perf.items()
+        }
     write_result(args.output, payload)
     print(json.dumps(payload["summary"], indent=2))
 

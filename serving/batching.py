@@ -1,12 +1,13 @@
 """Dynamic batching: rows from concurrent requests run through the model together.
 
-The batcher never waits when there is nothing to wait for. A request that finds no other request
-in flight runs at once (`run_alone`), exactly as without a batcher. Otherwise a batch is formed
-from what is already queued at the end of the current event-loop turn, so concurrent requests
-that arrived together share one `session.run` at no added latency. It waits (at most `max_queue_delay_us`) only while
-the previous batch held more requests than are queued now: those callers are likely about to send
-again. A lone caller therefore never waits, which keeps concurrency-1 latency equal to running
-without a batcher.
+The batcher never waits when there is nothing to wait for. Every request is queued, and a batch is
+formed from what is queued at the end of the current event-loop turn, so concurrent requests that
+arrived together share one `session.run` at no added latency, and a lone request costs one loop
+turn. The server cannot see how many requests gRPC is still reading, so the queue itself is the
+signal: asking "is another request in flight?" at the moment a request is decoded always says no,
+because each request is decoded and run in one step of the loop. It waits (at most
+`max_queue_delay_us`) only while the previous batch held more requests than are queued now: those
+callers are likely about to send again. A lone caller therefore never waits.
 
 Where a batch runs depends on its expected cost. A cheap batch (a tiny model: tens of
 microseconds) runs inline on the event loop, because handing it to a thread and back costs more
@@ -126,22 +127,6 @@ class DynamicBatcher:
             self._timer = None
             loop.call_soon(self._dispatch)
         return future
-
-    def run_alone(self, feeds: dict[str, np.ndarray], rows: int) -> BatchResult | None:
-        """Run a request at once when it is the only one around and cheap; else None (queue it).
-
-        The caller knows whether other requests are in flight. Alone, the request gains nothing
-        from the queue, and skipping it makes the batcher cost nothing at concurrency 1.
-        """
-        if self._busy or self._queue or self._closed:
-            return None
-        if self._fixed_ns + self._row_ns * rows > self._inline_budget_ns:
-            return None
-        result = self._compute([_Pending(feeds, rows, None, 0)], rows)
-        outputs, compute_ns = result
-        self._learn(rows, compute_ns)
-        self._last_requests = 1
-        return BatchResult(outputs, 0, compute_ns, rows)
 
     def _learn(self, rows: int, compute_ns: int) -> None:
         # Exponential averages of the fixed and per-row costs decide where the next batch runs.

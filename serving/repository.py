@@ -133,10 +133,6 @@ class LoadedModel:
     async def infer(self, feeds: dict[str, np.ndarray], rows: int) -> BatchResult:
         batcher = self.batcher
         if batcher is not None:
-            if self.stats.pending <= 1:  # no other request in flight: nothing to batch with
-                result = batcher.run_alone(feeds, rows)
-                if result is not None:
-                    return result
             return await batcher.submit(feeds, rows)
         result = run_direct(self.run, feeds, rows)
         self.stats.record_batch(rows, result.compute_ns)

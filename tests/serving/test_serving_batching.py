@@ -116,3 +116,27 @@ def test_server_batches_concurrent_requests(serve, model_files):
     stats = server.client().get_inference_statistics("slow").model_stats[0]
     assert stats.inference_count == 48
     assert stats.execution_count < 24  # some requests shared a session.run
+
+
+def test_server_batches_concurrent_requests_to_a_cheap_model(serve, model_files):
+    """A model of tens of microseconds runs inline; concurrent callers still share session.runs."""
+    server = serve(model_path=str(model_files["flight_v1"]), max_batch_size=64)
+    sent = [dm.flight_rows(1, seed=i) for i in range(64)]
+
+    async def burst():
+        import tritonclient.grpc.aio as aioclient
+
+        client = aioclient.InferenceServerClient(server.url)
+        try:
+            return await asyncio.gather(*[client.infer(server.config.model_name, infer_inputs(x)) for x in sent])
+        finally:
+            await client.close()
+
+    results = asyncio.run(burst())
+    for x, result in zip(sent, results, strict=True):
+        np.testing.assert_allclose(
+            result.as_numpy("probability"), local_predict(model_files["flight_v1"], x)[0], rtol=1e-5
+        )
+    stats = server.client().get_inference_statistics(server.config.model_name).model_stats[0]
+    assert stats.inference_count == 64
+    assert stats.execution_count < 64  # some requests shared a session.run
