@@ -17,10 +17,11 @@ and one set of rows serve every target:
   a row in onnxruntime instead of 20), where the model is a real share of a request's cost.
 
 Each cell is concurrency 1 or 16 with 1-row or 64-row requests. The load generators are Python
-processes with pre-serialised requests (raw gRPC for this server, raw HTTP/1.1 keep-alive for
-mlflow); cells are interleaved across targets and repeated, and medians are reported. Server CPU
-per request (from /proc, all of the server's processes) is reported too: on a shared 2-core machine
-it is steadier than throughput. With `--perf-analyzer` (after benchmarks/tools/perf_analyzer.sh
+processes that send pre-encoded requests over the raw protocol (HTTP/2 frames for this server, see
+benchmarks/h2load.py; HTTP/1.1 keep-alive for mlflow), so the client takes little of the machine.
+Cells are interleaved across targets and repeated, and medians are reported. Server CPU per
+request (from /proc, all of the server's processes) is reported too: on a shared 2-core machine it
+is steadier than throughput. With `--perf-analyzer` (after benchmarks/tools/perf_analyzer.sh
 setup), the gRPC targets are also measured with Triton's perf_analyzer, whose client is C++.
 Results go to benchmarks/results/serving.json.
 """
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import h2load
 from benchmarks.common import ROOT, write_result
 
 MODEL = "flight_delay"
@@ -110,34 +112,6 @@ def http_payload(rows: dict[str, np.ndarray], port: int) -> bytes:
 # --- load generators (each runs in its own process) ------------------------------------------------------
 
 
-async def _grpc_load(target: str, payload: bytes, concurrency: int, seconds: float, token: str | None):
-    import grpc
-
-    channels = [grpc.aio.insecure_channel(target) for _ in range(min(concurrency, 4))]
-    calls = [c.unary_unary("/inference.GRPCInferenceService/ModelInfer") for c in channels]
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-
-    async def client(i: int) -> None:
-        nonlocal errors
-        call = calls[i % len(calls)]
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            try:
-                await call(payload, metadata=metadata, timeout=30)
-            except grpc.aio.AioRpcError:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - start)
-
-    await asyncio.gather(*[client(i) for i in range(concurrency)])
-    for channel in channels:
-        await channel.close()
-    return latencies, errors
-
-
 async def _http_load(port: int, payload: bytes, concurrency: int, seconds: float):
     latencies: list[float] = []
     errors = 0
@@ -170,7 +144,7 @@ async def _http_load(port: int, payload: bytes, concurrency: int, seconds: float
 
 def _load_process(kind: str, args: tuple, out) -> None:
     try:
-        load = _grpc_load if kind == "grpc" else _http_load
+        load = h2load.load if kind == "grpc" else _http_load
         out.put(asyncio.run(load(*args)))
     except BaseException as exc:  # reported by the parent
         out.put(([], repr(exc)))
@@ -579,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
         "serve_large_*: MLP 1024-1024-512",
         "seconds_per_cell": seconds,
         "rounds": rounds,
-        "load_generator": "Python processes with pre-serialised requests (raw gRPC / raw HTTP keep-alive), "
+        "load_generator": "Python processes with pre-encoded requests (raw HTTP/2 frames / raw HTTP/1.1 keep-alive), "
         "1 process at concurrency 1, 2 at 16, on the same machine as the servers",
         "server_cpu_ms_per_request": "utime+stime of the server's processes over the cell / requests served",
         "results": results,
