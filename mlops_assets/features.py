@@ -94,27 +94,36 @@ def _check_result(check: str, result: checks.ContractResult) -> dg.AssetCheckRes
 )
 def validated_features(
     context: dg.AssetExecutionContext, config: ValidationConfig, raw_flights: pd.DataFrame, store: ArtifactStore
-) -> dg.MaterializeResult:
-    """Typed schedule-time features and the late/not-late label for one month, checked by Great Expectations."""
+):
+    """Typed schedule-time features and the late/not-late label for one month, checked by Great Expectations.
+
+    A month that fails a check is quarantined and is not materialized: the checks report what
+    failed, the step fails, and the month shows as failed (not as fresh data) to everything
+    downstream, including the automation that reruns monitoring on new data.
+    """
     partition = context.partition_key
     features = build_features(raw_flights)
     result = checks.validate(
         features, max_null_fraction=config.max_null_fraction, min_rows=config.min_rows, range_mostly=config.range_mostly
     )
+    check_results = [_check_result(check, result) for check in checks.CHECK_DESCRIPTIONS]
     if result.failures:
         store.delete(features_key(partition))
         path = store.write_frame(quarantine_key(partition), features)
-        context.log.error(f"{partition} failed validation; quarantined at {path}")
-    else:
-        store.delete(quarantine_key(partition))
-        path = store.write_frame(features_key(partition), features)
+        yield from check_results
+        failed = ", ".join(sorted({f"{f.check} ({f.column})" for f in result.failures}))
+        raise dg.Failure(
+            f"{partition} failed validation: {failed}; quarantined at {path}",
+            metadata={"quarantined": dg.MetadataValue.path(path), "rows": len(features)},
+        )
+    store.delete(quarantine_key(partition))
+    path = store.write_frame(features_key(partition), features)
     late_rate = pd.to_numeric(features[TARGET], errors="coerce").mean() if TARGET in features else None
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "rows": len(features),
             "late_rate": float(late_rate) if pd.notna(late_rate) else dg.MetadataValue.null(),
             "path": dg.MetadataValue.path(path),
-            "valid": not result.failures,
         },
-        check_results=[_check_result(check, result) for check in checks.CHECK_DESCRIPTIONS],
+        check_results=check_results,
     )

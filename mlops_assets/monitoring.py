@@ -33,6 +33,24 @@ def _number(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 6)
 
 
+def on_new_data(*triggers: str) -> dg.AutomationCondition:
+    """A month's report reruns once `triggers` have a new materialization whose blocking checks passed.
+
+    A quarantined month (a failed Great Expectations check) is never reported on. A new champion
+    does not rerun anything: it would judge every month again at once and hand the sensors a burst
+    of verdicts about the model that just replaced the one they judged.
+    """
+    return (
+        dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(*triggers)).since_last_handled()
+        # A quarantined month's latest validated_features run failed. (Checks are per asset, not per
+        # month, so "checks passed" would let one bad month block all the others.)
+        & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.execution_failed())
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label(f"new {' or '.join(triggers)}")
+
+
 class DriftConfig(dg.Config):
     """Defaults calibrated on 2013. Against every three-month training window, no month inside it
     reaches 1.2 (the most is 0.98: temperature across a change of season) and no column but
@@ -128,6 +146,7 @@ def _columns_table(result: drift.DriftResult) -> dg.MetadataValue:
     group_name="monitoring",
     kinds={"evidently", "html"},
     deps=["validated_features", "champion_model"],
+    automation_condition=on_new_data("validated_features"),
 )
 def drift_report(
     context: dg.AssetExecutionContext, config: DriftConfig, store: ArtifactStore, registry: MlflowRegistry
@@ -227,6 +246,7 @@ def calibration(labels: np.ndarray, scores: np.ndarray, bins: int) -> tuple[floa
     group_name="monitoring",
     kinds={"mlflow", "parquet"},
     deps=["batch_predictions", "validated_features"],
+    automation_condition=on_new_data("batch_predictions", "validated_features"),
     # No asset check here: checks in this project are blocking gates, and a worse month must not
     # block anything. The verdict is in the metadata, and live_performance_sensor acts on it.
 )

@@ -83,6 +83,7 @@ def test_bad_input_fails_the_named_check_and_blocks_downstream(tmp_path, resourc
     assert column in failed[check].metadata["failed_columns"].value
     assert column in failed[check].metadata["failures"].value
     assert not result.asset_materializations_for_node("batch_predictions"), "downstream ran on bad data"
+    assert not result.asset_materializations_for_node("validated_features"), "a quarantined month looked fresh"
     # Later runs cannot read the month either: it sits in quarantine, not features/.
     assert store.exists(quarantine_key(MONTH)) and not store.exists(features_key(MONTH))
     with pytest.raises(dg.Failure, match=MONTH):
