@@ -1,13 +1,12 @@
 """Dynamic batching: rows from concurrent requests run through the model together.
 
-The batcher never waits when there is nothing to wait for. Every request is queued, and a batch is
-formed from what is queued at the end of the current event-loop turn, so concurrent requests that
-arrived together share one `session.run` at no added latency, and a lone request costs one loop
-turn. The server cannot see how many requests gRPC is still reading, so the queue itself is the
-signal: asking "is another request in flight?" at the moment a request is decoded always says no,
-because each request is decoded and run in one step of the loop. It waits (at most
-`max_queue_delay_us`) only while the previous batch held more requests than are queued now: those
-callers are likely about to send again. A lone caller therefore never waits.
+The batcher never waits when there is nothing to wait for. Every request is queued, and what is
+queued at the end of the current event-loop turn runs as one batch: concurrent requests that
+arrived together share one `session.run`, and a lone request costs one loop turn. (Asking "is
+another request in flight?" when a request is decoded would always answer no, because each request
+is decoded and run in one step of the loop; the requests gRPC is still reading are invisible.) It
+waits (at most `max_queue_delay_us`) only while the previous batch held more requests than are
+queued now: those callers are likely about to send again. A lone caller therefore never waits.
 
 Where a batch runs depends on its expected cost. A cheap batch (a tiny model: tens of
 microseconds) runs inline on the event loop, because handing it to a thread and back costs more
