@@ -39,7 +39,8 @@ setup() {
   fi
   if [ ! -x "$PERF_VENV/bin/perf_analyzer" ]; then
     "$PYTHON" -m venv "$PERF_VENV"
-    "$PERF_VENV/bin/pip" install -q "tritonclient[all]==2.45.0" "nvidia-cuda-runtime-cu12"
+    "$PERF_VENV/bin/pip" install -q -c "$ROOT/benchmarks/tools/perf_analyzer-constraints.txt" \
+      "tritonclient[all]==2.45.0" nvidia-cuda-runtime-cu12
   fi
   LD_LIBRARY_PATH="$(cuda_lib_dir):${LD_LIBRARY_PATH:-}" "$PERF_VENV/bin/perf_analyzer" --version >/dev/null 2>&1 \
     || LD_LIBRARY_PATH="$(cuda_lib_dir):${LD_LIBRARY_PATH:-}" "$PERF_VENV/bin/perf_analyzer" --help >/dev/null
