@@ -164,6 +164,11 @@ class ServerStats:
                 stats = self.models.setdefault(key, ModelStats(name, version))
         return stats
 
+    def in_flight(self) -> int:
+        """Requests inside the server right now, over every model version."""
+        with self.lock:
+            return sum(m.pending for m in self.models.values())
+
     def record_swap(self, model: str) -> None:
         with self.lock:
             self.swaps[model] = self.swaps.get(model, 0) + 1

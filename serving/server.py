@@ -6,9 +6,9 @@ environment variable fallback (see `build_parser`). With `--workers N > 1` the p
 worker processes that share the gRPC port through SO_REUSEPORT, serves the HTTP side port itself
 (summing the workers' metrics) and forwards SIGTERM to them.
 
-A graceful stop (SIGTERM or SIGINT): health goes NOT_SERVING and /ready 503, the server stops
-accepting RPCs and lets the in-flight ones finish (up to the grace period), the batchers drain,
-and the prediction log writes everything buffered and closes its segment.
+A graceful stop (SIGTERM or SIGINT): health goes NOT_SERVING and /ready 503, new inference
+requests get UNAVAILABLE while the ones in flight finish (up to the grace period), then gRPC stops,
+the batchers drain, and the prediction log writes everything buffered and closes its segment.
 """
 
 from __future__ import annotations
@@ -386,7 +386,12 @@ class Worker:
                 self.ready_flag(False)
             await health.enter_graceful_shutdown()
             follower.stop()
-            await server.stop(cfg.grace_period)
+            # Requests already inside finish while new ones get UNAVAILABLE from the servicer; only
+            # then does gRPC stop, whose own refusals can read CANCELLED to a client.
+            deadline = loop.time() + cfg.grace_period
+            while stats.in_flight() and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            await server.stop(max(0.0, deadline - loop.time()))
             watcher.cancel()
             await repository.close()
             if prediction_log is not None:

@@ -26,6 +26,7 @@ from serving.errors import (
     InvalidInput,
     ModelLoadError,
     ModelNotFound,
+    ServerNotReady,
     ServingError,
 )
 from serving.signature import DATATYPE_TO_TRITON
@@ -157,6 +158,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         start = time.perf_counter_ns()
         try:
+            if not self._state.accepting:  # draining for a graceful stop: clients retry elsewhere
+                raise ServerNotReady("server is shutting down")
             model = self._repo.get(request.model_name, request.model_version)
         except ServingError as exc:
             codes = self._stats.unknown_model_failures
