@@ -34,11 +34,11 @@ def _number(value: float) -> float | None:
 
 
 def on_new_data(*triggers: str) -> dg.AutomationCondition:
-    """A month's report reruns once `triggers` have a new materialization whose blocking checks passed.
+    """A month's report reruns once `triggers` have a new materialization for that month.
 
-    A quarantined month (a failed Great Expectations check) is never reported on. A new champion
-    does not rerun anything: it would judge every month again at once and hand the sensors a burst
-    of verdicts about the model that just replaced the one they judged.
+    A quarantined month (a failed Great Expectations check) is not materialized, so it is never
+    reported on. A new champion does not rerun anything: it would judge every month again at once
+    and hand the sensors a burst of verdicts about the model that just replaced the one they judged.
     """
     return (
         dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(*triggers)).since_last_handled()

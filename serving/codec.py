@@ -160,15 +160,8 @@ def decode_inputs(
             raw = raws[index]
             if datatype == "BYTES":
                 array = _deserialize_bytes(name, raw, count)
-            elif datatype == plan.datatype:
-                if len(raw) != count * plan.itemsize:
-                    raise InvalidInput(
-                        f"input '{name}': raw content has {len(raw)} bytes, "
-                        f"shape {list(shape)} of {datatype} needs {count * plan.itemsize}"
-                    )
-                array = np.frombuffer(raw, dtype=plan.dtype)
             else:
-                dtype = DATATYPE_TO_NUMPY[datatype]
+                dtype = plan.dtype if datatype == plan.datatype else DATATYPE_TO_NUMPY[datatype]
                 if len(raw) != count * dtype.itemsize:
                     raise InvalidInput(
                         f"input '{name}': raw content has {len(raw)} bytes, "

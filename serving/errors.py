@@ -39,10 +39,6 @@ class QueueFull(ServingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class Unauthenticated(ServingError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
 class InternalError(ServingError):
     """An unexpected failure, already logged with its stack trace; the client gets a fixed message."""
 

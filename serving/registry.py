@@ -175,6 +175,3 @@ class RegistryFollower(threading.Thread):
                     continue
                 self._call(repo.install(model, [alias]))
             return errors
-
-    def request_poll(self) -> None:
-        self._wake.set()

@@ -94,14 +94,13 @@ class TensorSpec:
 class InputPlan:
     """What request decoding needs to know about one input, computed once per signature."""
 
-    __slots__ = ("spec", "name", "datatype", "dtype", "itemsize", "ndim", "static", "is_float")
+    __slots__ = ("spec", "name", "datatype", "dtype", "ndim", "static", "is_float")
 
     def __init__(self, spec: TensorSpec):
         self.spec = spec
         self.name = spec.name
         self.datatype = spec.datatype
         self.dtype = spec.numpy_dtype
-        self.itemsize = spec.numpy_dtype.itemsize
         self.ndim = len(spec.shape)
         self.static = tuple((i, d) for i, d in enumerate(spec.shape) if d != -1)
         self.is_float = spec.is_float
