@@ -145,6 +145,8 @@ def decode_inputs(
         if batched:
             rows = shape[0]
             if batch < 0:
+                if rows == 0:  # nothing to compute; refused so a batch never holds zero rows
+                    raise InvalidInput(f"input '{name}': batch size 0, a request needs at least one row")
                 if max_batch_size and rows > max_batch_size:
                     raise InvalidInput(
                         f"input '{name}': batch size {rows} exceeds the maximum batch size {max_batch_size}"

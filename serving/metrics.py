@@ -152,7 +152,8 @@ class ServerStats:
     swap_failures: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, reason)
     unknown_model_failures: dict[str, int] = field(default_factory=dict)  # gRPC code -> count
     log_written: int = 0
-    log_dropped: int = 0
+    log_dropped: dict[str, int] = field(default_factory=dict)  # reason -> prediction log records lost
+    log_evicted_bytes: int = 0  # closed segments deleted by the retention limit
     loaded: Callable[[], Iterable[dict]] = lambda: ()  # the repository's loaded versions
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -168,6 +169,11 @@ class ServerStats:
         """Requests inside the server right now, over every model version."""
         with self.lock:
             return sum(m.pending for m in self.models.values())
+
+    def record_log_drop(self, reason: str, records: int = 1) -> None:
+        """Prediction log records lost: `buffer_full`, `write_error` (disk full, I/O error), ..."""
+        with self.lock:
+            self.log_dropped[reason] = self.log_dropped.get(reason, 0) + records
 
     def record_swap(self, model: str) -> None:
         with self.lock:
@@ -188,7 +194,11 @@ class ServerStats:
             "swaps": swaps,
             "swap_failures": swap_failures,
             "unknown_model_failures": dict(self.unknown_model_failures),
-            "log": {"written": self.log_written, "dropped": self.log_dropped},
+            "log": {
+                "written": self.log_written,
+                "dropped": dict(self.log_dropped),
+                "evicted_bytes": self.log_evicted_bytes,
+            },
             "loaded": list(self.loaded()),
         }
 
@@ -257,7 +267,7 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
         "swaps": {},
         "swap_failures": [],
         "unknown_model_failures": {},
-        "log": {"written": 0, "dropped": 0},
+        "log": {"written": 0, "dropped": {}, "evicted_bytes": 0},
         "loaded": [],
     }
     failures: dict[tuple[str, str], int] = {}
@@ -292,7 +302,9 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
         for code, n in snap["unknown_model_failures"].items():
             merged["unknown_model_failures"][code] = merged["unknown_model_failures"].get(code, 0) + n
         merged["log"]["written"] += snap["log"]["written"]
-        merged["log"]["dropped"] += snap["log"]["dropped"]
+        for reason, n in snap["log"]["dropped"].items():
+            merged["log"]["dropped"][reason] = merged["log"]["dropped"].get(reason, 0) + n
+        merged["log"]["evicted_bytes"] += snap["log"]["evicted_bytes"]
         for entry in snap["loaded"]:
             loaded.add((entry["model"], entry["version"], entry["alias"]))
     merged["models"] = list(models.values())
@@ -365,10 +377,18 @@ def render(snapshot: dict, workers: int = 1) -> bytes:
     log_written.add_metric([], snapshot["log"]["written"])
     families.append(log_written)
     log_dropped = CounterMetricFamily(
-        "mlops_serve_prediction_log_dropped", "Prediction log records dropped because the buffer was full"
+        "mlops_serve_prediction_log_dropped",
+        "Prediction log records lost, by reason (buffer_full, write_error)",
+        labels=["reason"],
     )
-    log_dropped.add_metric([], snapshot["log"]["dropped"])
+    for reason, n in sorted(snapshot["log"]["dropped"].items()):
+        log_dropped.add_metric([reason], n)
     families.append(log_dropped)
+    log_evicted = CounterMetricFamily(
+        "mlops_serve_prediction_log_evicted_bytes", "Closed prediction log segments deleted by the retention limit"
+    )
+    log_evicted.add_metric([], snapshot["log"]["evicted_bytes"])
+    families.append(log_evicted)
     worker_gauge = GaugeMetricFamily("mlops_serve_workers", "Worker processes serving the gRPC port")
     worker_gauge.add_metric([], workers)
     families.append(worker_gauge)

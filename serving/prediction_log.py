@@ -188,7 +188,7 @@ class PredictionLog:
         if len(self._buffer) >= self.buffer_size:
             self.dropped += 1
             if self._stats is not None:
-                self._stats.log_dropped += 1
+                self._stats.record_log_drop("buffer_full")
             now = time.monotonic()
             if now - self._last_drop_log > 10:
                 self._last_drop_log = now

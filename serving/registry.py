@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -47,6 +48,9 @@ class PathSource:
 
     def describe(self) -> str:
         return str(self.path)
+
+    def close(self) -> None:
+        pass
 
 
 class MlflowSource:
@@ -93,6 +97,17 @@ class MlflowSource:
 
     def describe(self) -> str:
         return str(self.tracking_uri)
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(config):
+    """The source a worker follows, from its `ServeConfig`: one ONNX file, or the MLflow registry."""
+    if config.model_path:
+        return PathSource(config.model_path, config.model_version, default_alias=config.aliases[0])
+    cache = config.cache_dir or str(Path(os.environ.get("MLOPS_HOME", "./.mlops")) / "serving_cache")
+    return MlflowSource(config.tracking_uri, cache, config.registry_uri)
 
 
 class RegistryFollower(threading.Thread):

@@ -254,7 +254,7 @@ class Worker:
         from serving.interceptors import ServingInterceptor
         from serving.metrics import ServerStats, SnapshotPublisher
         from serving.prediction_log import PredictionLog
-        from serving.registry import MlflowSource, PathSource, RegistryFollower
+        from serving.registry import RegistryFollower, open_source
         from serving.repository import ModelRepository, RepositoryConfig
         from serving.servicer import InferenceServicer, ServerState
 
@@ -287,14 +287,11 @@ class Worker:
                 max_age_s=cfg.prediction_log_max_age_s,
                 stats=stats,
             )
-        if cfg.model_path:
-            source = PathSource(cfg.model_path, cfg.model_version, default_alias=cfg.aliases[0])
-            aliases = [cfg.aliases[0]]
-        else:
-            cache = cfg.cache_dir or str(_mlops_home() / "serving_cache")
-            source = MlflowSource(cfg.tracking_uri, cache, cfg.registry_uri)
-            aliases = cfg.aliases
+        # --- registry source (owned by serving.registry) ---
+        source = open_source(cfg)
+        aliases = [cfg.aliases[0]] if cfg.model_path else cfg.aliases
         follower = RegistryFollower(repository, loop, source, cfg.model_name, aliases, cfg.poll_interval)
+        # --- end registry source ---
 
         options = [
             ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
@@ -393,6 +390,7 @@ class Worker:
                 await asyncio.sleep(0.01)
             await server.stop(max(0.0, deadline - loop.time()))
             watcher.cancel()
+            source.close()  # registry source (owned by serving.registry)
             await repository.close()
             if prediction_log is not None:
                 await loop.run_in_executor(None, prediction_log.close)
