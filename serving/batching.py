@@ -12,20 +12,29 @@ Where a batch runs depends on its expected cost. A cheap batch (a tiny model: te
 microseconds) runs inline on the event loop, because handing it to a thread and back costs more
 than the model. An expensive one runs on the model's compute thread (ONNX Runtime releases the
 GIL), so the loop keeps decoding and queueing requests meanwhile. The queue is bounded: a full
-queue rejects at once with `QueueFull` (RESOURCE_EXHAUSTED), so memory stays bounded.
+queue rejects at once with `QueueFull` (RESOURCE_EXHAUSTED), and so does a request that would take
+the bytes queued across every model over the server's budget (`QueueBudget`), so memory stays bounded.
+
+Nothing inside a batch can wedge the batcher: any exception while gathering, running, slicing or
+accounting fails that batch's callers and the next batch runs. A caller that gives up (deadline,
+cancellation) leaves the queue. `stalled_s()` tells health checks how long the batcher has made
+no progress, and `drain(timeout)` answers whatever is left `ServerNotReady` when time runs out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from serving.errors import QueueFull
+from serving.errors import QueueFull, ServerNotReady
+
+log = logging.getLogger("serving.batching")
 
 RunFn = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
 
@@ -43,13 +52,32 @@ class BatchResult:
 
 
 class _Pending:
-    __slots__ = ("feeds", "rows", "future", "enqueued_ns")
+    __slots__ = ("feeds", "rows", "nbytes", "future", "enqueued_ns")
 
-    def __init__(self, feeds, rows, future, enqueued_ns):
+    def __init__(self, feeds, rows, nbytes, future, enqueued_ns):
         self.feeds = feeds
         self.rows = rows
+        self.nbytes = nbytes
         self.future = future
         self.enqueued_ns = enqueued_ns
+
+
+class QueueBudget:
+    """Bytes of request data queued across every batcher of a server, bounded by `limit` (0: none)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int = 0):
+        self.limit = limit
+        self.used = 0
+
+    def take(self, nbytes: int) -> None:
+        if self.limit and self.used + nbytes > self.limit:
+            raise QueueFull(f"queued inference data would exceed the server's limit of {self.limit} bytes")
+        self.used += nbytes
+
+    def give(self, nbytes: int) -> None:
+        self.used -= nbytes
 
 
 def run_direct(run: RunFn, feeds: dict[str, np.ndarray], rows: int) -> BatchResult:
@@ -73,6 +101,7 @@ class DynamicBatcher:
         cost_ns: tuple[float, float] = (0.0, 0.0),
         on_batch: Callable[[int, int], None] | None = None,
         thread_name: str = "batcher",
+        budget: QueueBudget | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -87,8 +116,11 @@ class DynamicBatcher:
         # Running estimate of a batch's compute time: fixed cost + cost per row (ns).
         self._fixed_ns, self._row_ns = cost_ns
         self._on_batch = on_batch  # (rows, compute_ns) after each batch, on the loop thread
+        self._budget = budget or QueueBudget()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._busy = False  # a dispatch is scheduled, waiting, or a batch is computing
+        self._running: list[_Pending] | None = None  # the batch computing now
+        self._running_since_ns = 0
         self._timer: asyncio.TimerHandle | None = None
         self._wait_for = 0  # requests the pending wait hopes to gather
         self._last_requests = 1  # requests in the previous batch
@@ -109,11 +141,13 @@ class DynamicBatcher:
         queue = self._queue
         if len(queue) >= self.capacity:
             raise QueueFull(f"inference queue is full ({self.capacity} requests)")
+        nbytes = sum(a.nbytes for a in feeds.values())
+        self._budget.take(nbytes)
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         future = loop.create_future()
-        queue.append(_Pending(feeds, rows, future, time.perf_counter_ns()))
+        queue.append(_Pending(feeds, rows, nbytes, future, time.perf_counter_ns()))
         if not self._busy:
             self._busy = True
             if self._idle is not None:
@@ -127,53 +161,75 @@ class DynamicBatcher:
             loop.call_soon(self._dispatch)
         return future
 
+    def stalled_s(self) -> float:
+        """Seconds without progress: how long the running batch has computed, or the oldest request
+        has waited when nothing runs (0 when idle). Health checks compare it with their limit."""
+        now = time.perf_counter_ns()
+        if self._running is not None:
+            return (now - self._running_since_ns) / 1e9
+        queue = self._queue
+        return (now - queue[0].enqueued_ns) / 1e9 if queue else 0.0
+
     def _learn(self, rows: int, compute_ns: int) -> None:
         # Exponential averages of the fixed and per-row costs decide where the next batch runs.
         if rows == 1:
             self._fixed_ns = 0.8 * self._fixed_ns + 0.2 * max(0.0, compute_ns - self._row_ns)
-        else:
+        elif rows > 1:
             self._row_ns = 0.8 * self._row_ns + 0.2 * max(0.0, (compute_ns - self._fixed_ns) / rows)
-        if self._on_batch is not None:
-            self._on_batch(rows, compute_ns)
+
+    def _take_batch(self) -> tuple[list[_Pending], int]:
+        """Pop the next batch, skipping callers that gave up (their future is already done)."""
+        queue = self._queue
+        batch: list[_Pending] = []
+        rows = 0
+        while queue and (not batch or rows + queue[0].rows <= self.max_batch_size):
+            pending = queue.popleft()
+            if pending.future.done():
+                self._budget.give(pending.nbytes)
+                continue
+            rows += pending.rows
+            batch.append(pending)
+        return batch, rows
 
     def _dispatch(self) -> None:
         self._timer = None
-        queue = self._queue
-        if not queue:
-            self._set_idle()
-            return
-        now = time.perf_counter_ns()
-        if self._delay_ns and len(queue) < self._last_requests:
-            waited = now - queue[0].enqueued_ns
-            if waited < self._delay_ns and sum(p.rows for p in queue) < self.max_batch_size:
-                self._wait_for = self._last_requests
-                self._timer = self._loop.call_later((self._delay_ns - waited) / 1e9, self._dispatch)
+        batch: list[_Pending] = []
+        try:
+            queue = self._queue
+            if queue and self._delay_ns and len(queue) < self._last_requests:
+                now = time.perf_counter_ns()
+                waited = now - queue[0].enqueued_ns
+                if waited < self._delay_ns and sum(p.rows for p in queue) < self.max_batch_size:
+                    self._wait_for = self._last_requests
+                    self._timer = self._loop.call_later((self._delay_ns - waited) / 1e9, self._dispatch)
+                    return
+            batch, rows = self._take_batch()
+            if not batch:
+                self._set_idle()
                 return
-        batch = [queue.popleft()]
-        rows = batch[0].rows
-        while queue and rows + queue[0].rows <= self.max_batch_size:
-            pending = queue.popleft()
-            rows += pending.rows
-            batch.append(pending)
-        self._last_requests = len(batch)
-        if self._fixed_ns + self._row_ns * rows <= self._inline_budget_ns:
-            try:
-                result = self._compute(batch, rows)
-            except Exception as exc:
-                self._complete(batch, rows, now, None, exc)
-            else:
-                self._complete(batch, rows, now, result, None)
-            return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
-        work = self._executor.submit(self._compute, batch, rows)
-        loop = self._loop
+            self._last_requests = len(batch)
+            self._running, self._running_since_ns = batch, time.perf_counter_ns()
+            if self._fixed_ns + self._row_ns * rows <= self._inline_budget_ns:
+                try:
+                    result = self._compute(batch, rows)
+                except Exception as exc:
+                    self._complete(batch, rows, None, exc)
+                else:
+                    self._complete(batch, rows, result, None)
+                return
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
+            work = self._executor.submit(self._compute, batch, rows)
+            loop = self._loop
 
-        def done(work):
-            error = work.exception()
-            loop.call_soon_threadsafe(self._complete, batch, rows, now, None if error else work.result(), error)
+            def done(work):
+                error = work.exception()
+                loop.call_soon_threadsafe(self._complete, batch, rows, None if error else work.result(), error)
 
-        work.add_done_callback(done)
+            work.add_done_callback(done)
+        except Exception as exc:  # a bug in gathering: fail this batch, never the batcher
+            log.error("batch dispatch failed", exc_info=True)
+            self._complete(batch, sum(p.rows for p in batch), None, exc)
 
     def _compute(self, batch: list[_Pending], rows: int):
         start = time.perf_counter_ns()
@@ -185,41 +241,78 @@ class DynamicBatcher:
         outputs = self._run(feeds)
         return outputs, time.perf_counter_ns() - start
 
-    def _complete(self, batch: list[_Pending], rows: int, dispatched_ns: int, result, error) -> None:
-        if error is not None:  # the model failed: every caller in the batch gets the error
+    def _complete(self, batch: list[_Pending], rows: int, result, error) -> None:
+        if self._running is batch:
+            self._running = None
+        try:
+            if error is None:
+                self._deliver(batch, rows, result)
+        except Exception as exc:  # slicing or accounting failed: the callers still get an answer
+            log.error("batch completion failed", exc_info=True)
+            error = exc
+        finally:
             for pending in batch:
-                if not pending.future.done():
+                self._budget.give(pending.nbytes)
+                if error is not None and not pending.future.done():
                     pending.future.set_exception(error)
-        else:
-            outputs, compute_ns = result
-            self._learn(rows, compute_ns)
-            start = 0
-            single = len(batch) == 1
-            for pending in batch:
-                stop = start + pending.rows
-                sliced = outputs if single else [out[start:stop] for out in outputs]
-                start = stop
-                if not pending.future.done():  # the caller may have been cancelled
-                    pending.future.set_result(
-                        BatchResult(sliced, dispatched_ns - pending.enqueued_ns, compute_ns, rows)
-                    )
-        if self._queue:
-            # Let the loop run the callers just answered (and admit new requests) first.
-            self._loop.call_soon(self._dispatch)
-        else:
-            self._set_idle()
+            if self._queue:
+                # Let the loop run the callers just answered (and admit new requests) first.
+                self._loop.call_soon(self._dispatch)
+            else:
+                self._set_idle()
+
+    def _deliver(self, batch: list[_Pending], rows: int, result) -> None:
+        outputs, compute_ns = result
+        self._learn(rows, compute_ns)
+        if self._on_batch is not None:
+            self._on_batch(rows, compute_ns)
+        dispatched_ns = self._running_since_ns
+        results = []
+        start = 0
+        single = len(batch) == 1
+        for pending in batch:  # slice every caller's rows before answering any of them
+            stop = start + pending.rows
+            sliced = outputs if single else [out[start:stop] for out in outputs]
+            start = stop
+            results.append(BatchResult(sliced, dispatched_ns - pending.enqueued_ns, compute_ns, rows))
+        for pending, answer in zip(batch, results, strict=True):
+            if not pending.future.done():  # the caller may have been cancelled
+                pending.future.set_result(answer)
 
     def _set_idle(self) -> None:
         self._busy = False
         if self._idle is not None:
             self._idle.set()
 
-    async def drain(self) -> None:
-        """Refuse new requests, finish the queued ones, then stop the compute thread."""
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Refuse new requests and finish the queued ones; after `timeout` seconds answer what is
+        left with `ServerNotReady` (UNAVAILABLE: clients retry another replica). True if all finished."""
         self._closed = True
+        finished = True
         if self._busy:
             if self._idle is None:
                 self._idle = asyncio.Event()
-            await self._idle.wait()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                finished = False
+                self.abort(ServerNotReady("server is shutting down"))
         if self._executor is not None:
-            self._executor.shutdown(wait=False)
+            # A batch stuck in the model cannot be interrupted; its thread is left behind.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        return finished
+
+    def abort(self, error: Exception) -> None:
+        """Answer every queued and running caller with `error` now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for pending in self._queue:
+            self._budget.give(pending.nbytes)
+        waiting = list(self._queue) + (self._running or [])
+        self._queue.clear()
+        for pending in waiting:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        if self._running is None:
+            self._set_idle()

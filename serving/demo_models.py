@@ -194,3 +194,39 @@ def save(model, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path))
     return path
+
+
+def stall_model():
+    """steps INT64 [b,1] -> y FP32 [b,1] (= steps) after a loop of max(steps) iterations: zeros (the
+    warm-up) cost nothing, a huge value keeps ONNX Runtime busy for minutes. How tests wedge a batch."""
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
+        ],
+        "count",
+        [
+            helper.make_tensor_value_info("i", T.INT64, []),
+            helper.make_tensor_value_info("cond_in", T.BOOL, []),
+            helper.make_tensor_value_info("acc_in", T.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("cond_out", T.BOOL, []), helper.make_tensor_value_info("acc_out", T.FLOAT, [])],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+    )
+    inits = [
+        numpy_helper.from_array(np.array(True), "true"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMax", ["steps"], ["trips"], keepdims=0),
+        helper.make_node("Loop", ["trips", "true", "zero"], ["acc"], body=body),
+        helper.make_node("Mul", ["acc", "zero"], ["nothing"]),  # keeps the loop in the graph
+        helper.make_node("Cast", ["steps"], ["steps_f"], to=T.FLOAT),
+        helper.make_node("Add", ["steps_f", "nothing"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("steps", T.INT64, ["batch", 1])]
+    outputs = [helper.make_tensor_value_info("y", T.FLOAT, ["batch", 1])]
+    return _model(helper.make_graph(nodes, "stall", inputs, outputs, inits))

@@ -39,6 +39,12 @@ class QueueFull(ServingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class DeadlineExceeded(ServingError):
+    """The client's deadline passed while its request waited or computed; it has left the queue."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class InternalError(ServingError):
     """An unexpected failure, already logged with its stack trace; the client gets a fixed message."""
 

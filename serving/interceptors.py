@@ -1,5 +1,11 @@
 """The server's one interceptor: bearer-token auth and the mapping of errors to gRPC status codes.
 
+Two tokens, two planes. The inference token (`--token`) opens the data plane: inference, metadata,
+statistics. The control plane (RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload) needs
+the admin token (`--admin-token`) and is off without one, so an inference client can never unload
+a model. The admin token opens both planes. A refused call never has its message parsed: the
+denying handler's deserializer ignores the bytes.
+
 Handlers raise `serving.errors` exceptions and nothing else; this is the only place that turns an
 exception into a status (not found -> NOT_FOUND, not ready -> UNAVAILABLE, bad input ->
 INVALID_ARGUMENT, full queue -> RESOURCE_EXHAUSTED, anything else -> INTERNAL with a fixed message
@@ -30,6 +36,20 @@ OPEN_METHODS = frozenset(
         "/inference.GRPCInferenceService/ServerReady",
     }
 )
+
+
+# Changing what is served is an operator's act, not a client's.
+CONTROL_METHODS = frozenset(
+    {
+        "/inference.GRPCInferenceService/RepositoryIndex",
+        "/inference.GRPCInferenceService/RepositoryModelLoad",
+        "/inference.GRPCInferenceService/RepositoryModelUnload",
+    }
+)
+
+
+def _ignore_request(_data: bytes) -> None:
+    return None
 
 
 def _wrap_unary(behavior, method: str):
@@ -65,9 +85,9 @@ def _wrap_stream(behavior, method: str):
     return guarded
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
+def _rebuild(handler: grpc.RpcMethodHandler, wrap, deserializer=None) -> grpc.RpcMethodHandler:
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -80,33 +100,56 @@ def _rebuild(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
 
 
 class ServingInterceptor(ServerInterceptor):
-    def __init__(self, token: str | None = None, open_methods=OPEN_METHODS):
+    def __init__(self, token: str | None = None, admin_token: str | None = None, open_methods=OPEN_METHODS):
         self._token = f"Bearer {token}".encode() if token else None
+        self._admin = f"Bearer {admin_token}".encode() if admin_token else None
         self._open = open_methods
         self._guarded: dict[str, grpc.RpcMethodHandler] = {}
-        self._denied: dict[str, grpc.RpcMethodHandler] = {}
+        self._denied: dict[tuple[str, grpc.StatusCode], grpc.RpcMethodHandler] = {}
 
-    def _authorized(self, metadata) -> bool:
+    @staticmethod
+    def _bearer(metadata) -> bytes | None:
         for key, value in metadata or ():
             if key == "authorization":
-                supplied = value.encode() if isinstance(value, str) else value
-                return hmac.compare_digest(supplied, self._token)
-        return False
+                return value.encode() if isinstance(value, str) else value
+        return None
 
-    def _deny(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        denied = self._denied.get(method)
+    def _refusal(self, method: str, metadata) -> tuple[grpc.StatusCode, str] | None:
+        """Why this call may not proceed, or None when it may."""
+        if method in self._open:
+            return None
+        supplied = self._bearer(metadata)
+        if self._admin is not None and supplied is not None and hmac.compare_digest(supplied, self._admin):
+            return None
+        if method in CONTROL_METHODS:
+            if self._admin is None:
+                return (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "the control plane is off: start the server with an admin token (--admin-token)",
+                )
+            if supplied is None:
+                return grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token"
+            return grpc.StatusCode.PERMISSION_DENIED, "this method needs the admin token"
+        if self._token is None:
+            return None
+        if supplied is not None and hmac.compare_digest(supplied, self._token):
+            return None
+        return grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token"
+
+    def _deny(self, method: str, handler: grpc.RpcMethodHandler, code, message) -> grpc.RpcMethodHandler:
+        denied = self._denied.get((method, code))
         if denied is None:
 
             async def refuse(request, context):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+                await context.abort(code, message)
 
             async def refuse_stream(request, context):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+                await context.abort(code, message)
                 yield  # pragma: no cover - makes this an async generator
 
             streaming = bool(handler.unary_stream or handler.stream_stream)
-            denied = _rebuild(handler, lambda _b, _k: refuse_stream if streaming else refuse)
-            self._denied[method] = denied
+            denied = _rebuild(handler, lambda _b, _k: refuse_stream if streaming else refuse, _ignore_request)
+            self._denied[(method, code)] = denied
         return denied
 
     async def intercept_service(
@@ -118,13 +161,10 @@ class ServingInterceptor(ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if (
-            self._token is not None
-            and method not in self._open
-            and not self._authorized(handler_call_details.invocation_metadata)
-        ):
-            log.warning("unauthenticated call refused", extra={"method": method})
-            return self._deny(method, handler)
+        refusal = self._refusal(method, handler_call_details.invocation_metadata)
+        if refusal is not None:
+            log.warning("call refused", extra={"method": method, "code": refusal[0].name})
+            return self._deny(method, handler, *refusal)
         guarded = self._guarded.get(method)
         if guarded is None:
             streaming = bool(handler.unary_stream or handler.stream_stream)

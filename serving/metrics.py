@@ -313,8 +313,9 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
     return merged
 
 
-def render(snapshot: dict, workers: int = 1) -> bytes:
-    """Prometheus text exposition of one (merged) snapshot."""
+def render(snapshot: dict, supervisor: dict | None = None) -> bytes:
+    """Prometheus text exposition of one (merged) snapshot and of the workers' health."""
+    supervisor = supervisor or {"workers": [{"index": 0, "ready": True, "heartbeat_age_s": 0.0}], "restarts": {}}
     out: list[str] = []
     models = snapshot["models"]
     for name, doc, get in _TRITON_COUNTERS:
@@ -389,15 +390,35 @@ def render(snapshot: dict, workers: int = 1) -> bytes:
     )
     log_evicted.add_metric([], snapshot["log"]["evicted_bytes"])
     families.append(log_evicted)
-    worker_gauge = GaugeMetricFamily("mlops_serve_workers", "Worker processes serving the gRPC port")
-    worker_gauge.add_metric([], workers)
-    families.append(worker_gauge)
+    families.extend(_worker_families(supervisor))
 
     class _Families:
         def collect(self):
             return families
 
     return "".join(out).encode() + generate_latest(_Families())
+
+
+def _worker_families(supervisor: dict) -> list:
+    workers = supervisor["workers"]
+    count = GaugeMetricFamily("mlops_serve_workers", "Worker processes serving the gRPC port")
+    count.add_metric([], len(workers))
+    ready = GaugeMetricFamily("mlops_serve_worker_ready", "1 while a worker is ready to serve", labels=["worker"])
+    age = GaugeMetricFamily(
+        "mlops_serve_worker_heartbeat_age_seconds",
+        "Seconds since a worker's event loop last reported; grows without bound while it is wedged",
+        labels=["worker"],
+    )
+    for worker in workers:
+        ready.add_metric([str(worker["index"])], 1 if worker["ready"] else 0)
+        if worker["heartbeat_age_s"] is not None:
+            age.add_metric([str(worker["index"])], worker["heartbeat_age_s"])
+    restarts = CounterMetricFamily(
+        "mlops_serve_worker_restarts", "Workers restarted by the parent, by reason (exited, wedged)", labels=["reason"]
+    )
+    for reason, n in sorted(supervisor["restarts"].items()):
+        restarts.add_metric([reason], n)
+    return [count, ready, age, restarts]
 
 
 class SnapshotPublisher(threading.Thread):

@@ -12,6 +12,7 @@ A version that fails any step is refused: the served version stays, and the fail
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.batching import BatchResult, DynamicBatcher, run_direct
+from serving.batching import BatchResult, DynamicBatcher, QueueBudget, run_direct
 from serving.errors import ModelLoadError, ModelNotFound, ModelNotReady
 from serving.metrics import ServerStats
 from serving.signature import ModelSignature, signature_from_session
@@ -37,6 +38,7 @@ class RepositoryConfig:
     max_batch_size: int = 256
     max_queue_delay_us: int = 0
     queue_capacity: int = 1024
+    max_queued_bytes: int = 64 * 1024 * 1024  # request data queued over every model (0: no limit)
     batching: bool = True
     intra_op_threads: int = 1
     nan_policy: str = "reject"
@@ -99,6 +101,7 @@ class LoadedModel:
         source: str,
         config: RepositoryConfig,
         stats: ServerStats,
+        budget: QueueBudget | None = None,
     ):
         self.name = name
         self.version = version
@@ -113,6 +116,7 @@ class LoadedModel:
         self.batcher: DynamicBatcher | None = None
         self.cost_ns = (0.0, 0.0)  # (fixed, per row) compute time, measured by the warm-up
         self._config = config
+        self._budget = budget
 
     def run(self, feeds: dict[str, np.ndarray]):
         return self.session.run(self.output_names, feeds)
@@ -128,6 +132,7 @@ class LoadedModel:
                 cost_ns=self.cost_ns,
                 on_batch=self.stats.record_batch,
                 thread_name=f"batch-{self.name}-{self.version}",
+                budget=self._budget,
             )
 
     async def infer(self, feeds: dict[str, np.ndarray], rows: int) -> BatchResult:
@@ -138,9 +143,13 @@ class LoadedModel:
         self.stats.record_batch(rows, result.compute_ns)
         return result
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> bool:
         if self.batcher is not None:
-            await self.batcher.drain()
+            return await self.batcher.drain(timeout)
+        return True
+
+    def stalled_s(self) -> float:
+        return self.batcher.stalled_s() if self.batcher is not None else 0.0
 
 
 class ModelRepository:
@@ -153,6 +162,7 @@ class ModelRepository:
         self._aliases: dict[str, dict[str, str]] = {}  # model -> alias -> version
         self._records: dict[tuple[str, str], VersionRecord] = {}
         self._known: set[str] = set()  # models this server is configured to serve
+        self.budget = QueueBudget(self.config.max_queued_bytes)
         self._lock = threading.RLock()
 
     # --- hot path (event loop) ------------------------------------------------------------------
@@ -248,7 +258,7 @@ class ModelRepository:
                     "signature_changed",
                     f"signature differs from served version {served[0]}: {difference}",
                 )
-        model = LoadedModel(name, version, session, signature, source, self.config, self.stats)
+        model = LoadedModel(name, version, session, signature, source, self.config, self.stats, self.budget)
         try:
             self.warm_up(model)
         except Exception as exc:
@@ -379,9 +389,28 @@ class ModelRepository:
         routes = self._routes.get(name, {})
         return sorted({m.version for m in routes.values()}, key=_version_key)
 
-    async def close(self) -> None:
+    def stalled(self, limit_s: float) -> list[str]:
+        """Why health must fail: every batcher that made no progress for more than `limit_s`."""
+        reasons = []
         for model in self.models():
-            await model.drain()
+            stalled = model.stalled_s()
+            if stalled > limit_s:
+                reasons.append(f"model '{model.name}' version {model.version}: no progress for {stalled:.1f}s")
+        return reasons
+
+    def abort(self, error: Exception) -> None:
+        """Answer every queued and computing request of every version with `error` now."""
+        for model in self.models():
+            if model.batcher is not None:
+                model.batcher.abort(error)
+
+    async def close(self, timeout: float | None = None) -> bool:
+        """Drain every version; past `timeout` what is left gets UNAVAILABLE. True if all finished."""
+        models = self.models()
+        if not models:
+            return True
+        results = await asyncio.gather(*(model.drain(timeout) for model in models))
+        return all(results)
 
 
 def _version_key(version: str):

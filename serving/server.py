@@ -31,6 +31,10 @@ from pathlib import Path
 
 log = logging.getLogger("serving.server")
 
+HEARTBEAT_S = 0.2
+# A stop always ends within grace period + this margin, whatever the workers are doing.
+HARD_STOP_MARGIN_S = 3.0
+
 
 def _mlops_home() -> Path:
     return Path(os.environ.get("MLOPS_HOME", "./.mlops"))
@@ -57,13 +61,19 @@ class ServeConfig:
     intra_op_threads: int = 1
     nan_policy: str = "reject"
     token: str | None = None
+    admin_token: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     prediction_log_dir: str | None = None
     prediction_log_sample_rate: float = 1.0
     prediction_log_max_bytes: int = 64 * 1024 * 1024
     prediction_log_max_age_s: float = 300.0
+    prediction_log_max_total_bytes: int = 1024**3
     grace_period: float = 30.0
+    stall_timeout: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rpcs: int = 256
+    max_queued_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"
     metrics_dir: str | None = None  # set by the parent for its workers
 
@@ -178,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("MLOPS_SERVE_TOKEN", None),
         help="require 'authorization: Bearer <token>' metadata [MLOPS_SERVE_TOKEN]",
     )
+    a(
+        "--admin-token",
+        default=_env("MLOPS_SERVE_ADMIN_TOKEN", None),
+        help="bearer token of the control plane (RepositoryIndex, ModelLoad, ModelUnload), off without it "
+        "[MLOPS_SERVE_ADMIN_TOKEN]",
+    )
     a("--tls-cert", default=_env("MLOPS_SERVE_TLS_CERT", None), help="PEM certificate for TLS [MLOPS_SERVE_TLS_CERT]")
     a("--tls-key", default=_env("MLOPS_SERVE_TLS_KEY", None), help="PEM private key for TLS [MLOPS_SERVE_TLS_KEY]")
     a(
@@ -202,6 +218,37 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=_env("MLOPS_PREDICTION_LOG_MAX_AGE_S", d.prediction_log_max_age_s, float),
         help="rotate a segment past this age [MLOPS_PREDICTION_LOG_MAX_AGE_S]",
+    )
+    a(
+        "--prediction-log-max-total-bytes",
+        type=int,
+        default=_env("MLOPS_PREDICTION_LOG_MAX_TOTAL_BYTES", d.prediction_log_max_total_bytes, int),
+        help="delete the oldest closed segments past this total; 0 keeps all [MLOPS_PREDICTION_LOG_MAX_TOTAL_BYTES]",
+    )
+    a(
+        "--stall-timeout",
+        type=float,
+        default=_env("MLOPS_SERVE_STALL_TIMEOUT", d.stall_timeout, float),
+        help="seconds without progress (event loop or a batch) before /health fails and a worker is restarted "
+        "[MLOPS_SERVE_STALL_TIMEOUT]",
+    )
+    a(
+        "--max-message-bytes",
+        type=int,
+        default=_env("MLOPS_SERVE_MAX_MESSAGE_BYTES", d.max_message_bytes, int),
+        help="largest gRPC message received or sent [MLOPS_SERVE_MAX_MESSAGE_BYTES]",
+    )
+    a(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=_env("MLOPS_SERVE_MAX_CONCURRENT_RPCS", d.max_concurrent_rpcs, int),
+        help="RPCs handled at once per worker; more get RESOURCE_EXHAUSTED [MLOPS_SERVE_MAX_CONCURRENT_RPCS]",
+    )
+    a(
+        "--max-queued-bytes",
+        type=int,
+        default=_env("MLOPS_SERVE_MAX_QUEUED_BYTES", d.max_queued_bytes, int),
+        help="request data queued for batching per worker; more gets RESOURCE_EXHAUSTED [MLOPS_SERVE_MAX_QUEUED_BYTES]",
     )
     a(
         "--grace-period",
@@ -239,7 +286,12 @@ class Worker:
     def __init__(self, config: ServeConfig):
         self.config = config
         self.port: int | None = None
-        self.ready_flag: Callable[[bool], None] | None = None
+        # Called on every heartbeat with (ready, healthy): a worker process reports to its parent.
+        self.on_beat: Callable[[bool, bool], None] | None = None
+        self.beat = time.monotonic()  # last turn of the event loop's heartbeat
+        self.stall_reasons: list[str] = []
+        self.state = None
+        self._stop_requested = False
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopped = threading.Event()
@@ -251,6 +303,7 @@ class Worker:
         from grpc_reflection.v1alpha import reflection
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+        from serving.errors import ServerNotReady
         from serving.interceptors import ServingInterceptor
         from serving.metrics import ServerStats, SnapshotPublisher
         from serving.prediction_log import PredictionLog
@@ -261,6 +314,8 @@ class Worker:
         cfg = self.config
         self._loop = loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        if self._stop_requested:
+            self._stop.set()
         stats = ServerStats()
         self.stats = stats
         repository = ModelRepository(
@@ -268,6 +323,7 @@ class Worker:
                 max_batch_size=cfg.max_batch_size,
                 max_queue_delay_us=cfg.max_queue_delay_us,
                 queue_capacity=cfg.queue_capacity,
+                max_queued_bytes=cfg.max_queued_bytes,
                 batching=cfg.batching,
                 intra_op_threads=cfg.intra_op_threads,
                 nan_policy=cfg.nan_policy,
@@ -285,6 +341,7 @@ class Worker:
                 sample_rate=cfg.prediction_log_sample_rate,
                 max_bytes=cfg.prediction_log_max_bytes,
                 max_age_s=cfg.prediction_log_max_age_s,
+                max_total_bytes=cfg.prediction_log_max_total_bytes,
                 stats=stats,
             )
         # --- registry source (owned by serving.registry) ---
@@ -295,14 +352,14 @@ class Worker:
 
         options = [
             ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
         ]
         server = grpc.aio.server(
-            interceptors=[ServingInterceptor(cfg.token)],
+            interceptors=[ServingInterceptor(cfg.token, cfg.admin_token)],
             options=options,
-            # Without a batcher there is no queue to bound: bound the RPCs in flight instead.
-            maximum_concurrent_rpcs=None if cfg.batching else cfg.queue_capacity,
+            # Memory held by requests is at most this many messages of max_message_bytes.
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs or None,
         )
         servicer = InferenceServicer(repository, stats, prediction_log, {cfg.model_name: follower}, state)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
@@ -355,32 +412,44 @@ class Worker:
                 "source": source.describe(),
             },
         )
+        if not cfg.token:
+            log.warning(
+                "NO INFERENCE TOKEN: any client that reaches this port can call the model; "
+                "set --token / MLOPS_SERVE_TOKEN outside a laptop",
+                extra={"address": address},
+            )
         if started is not None:
             started(self)
 
-        async def watch_health():
+        async def heartbeat():
+            # The beat proves the loop turns; the stall check proves every batcher makes progress.
             serving = None
             while True:
-                ready = state.accepting and repository.is_ready()
+                self.beat = time.monotonic()
+                self.stall_reasons = repository.stalled(cfg.stall_timeout)
+                healthy = not self.stall_reasons
+                ready = state.accepting and repository.is_ready() and healthy
                 if ready != serving:
                     status = (
                         health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
                     )
                     await health.set("", status)
                     await health.set(service_name, status)
-                    if self.ready_flag is not None:
-                        self.ready_flag(ready)
+                    if not healthy:
+                        log.error("worker stalled", extra={"reasons": self.stall_reasons, "pid": os.getpid()})
                     serving = ready
-                await asyncio.sleep(0.2)
+                if self.on_beat is not None:
+                    self.on_beat(ready, healthy)
+                await asyncio.sleep(HEARTBEAT_S)
 
-        watcher = loop.create_task(watch_health())
+        watcher = loop.create_task(heartbeat())
         try:
             await self._stop.wait()
         finally:
             log.info("graceful stop: draining", extra={"pid": os.getpid()})
             state.accepting = False
-            if self.ready_flag is not None:
-                self.ready_flag(False)
+            if self.on_beat is not None:
+                self.on_beat(False, True)
             await health.enter_graceful_shutdown()
             follower.stop()
             # Requests already inside finish while new ones get UNAVAILABLE from the servicer; only
@@ -388,48 +457,93 @@ class Worker:
             deadline = loop.time() + cfg.grace_period
             while stats.in_flight() and loop.time() < deadline:
                 await asyncio.sleep(0.01)
-            await server.stop(max(0.0, deadline - loop.time()))
+            unanswered = stats.in_flight()
+            if unanswered:
+                # Out of time: what is still queued or computing is answered UNAVAILABLE, and the
+                # handlers get a moment to send that before gRPC stops.
+                repository.abort(ServerNotReady("server is shutting down"))
+                settle = loop.time() + 1.0
+                while stats.in_flight() and loop.time() < settle:
+                    await asyncio.sleep(0.01)
+                log.warning("grace period over: answered UNAVAILABLE", extra={"requests": unanswered})
+            await server.stop(max(0.2, deadline - loop.time()))
             watcher.cancel()
             source.close()  # registry source (owned by serving.registry)
-            await repository.close()
+            await repository.close(timeout=1.0)
+            flushed = True
             if prediction_log is not None:
-                await loop.run_in_executor(None, prediction_log.close)
+                flushed = await loop.run_in_executor(None, prediction_log.close, 2.0)
             if publisher is not None:
                 publisher.stop()
             log.info(
                 "stopped",
-                extra={"pid": os.getpid(), "prediction_log_written": prediction_log.written if prediction_log else 0},
+                extra={
+                    "pid": os.getpid(),
+                    "prediction_log_written": prediction_log.written if prediction_log else 0,
+                    "prediction_log_flushed": flushed,
+                },
             )
             self.stopped.set()
 
     def request_stop(self) -> None:
-        """Start a graceful stop; safe from any thread and from signal handlers."""
+        """Start a graceful stop; safe from any thread, also before the loop runs."""
+        self._stop_requested = True
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
 
+    def health(self) -> tuple[bool, str]:
+        """Liveness, from any thread: fails when the event loop stopped beating or a batcher stalled."""
+        age = time.monotonic() - self.beat
+        if age > self.config.stall_timeout:
+            return False, f"event loop stalled for {age:.1f}s"
+        if self.stall_reasons:
+            return False, "; ".join(self.stall_reasons)
+        return True, "ok"
+
     def is_ready(self) -> bool:
-        return getattr(self, "state", None) is not None and self.state.accepting and self.repository.is_ready()
+        return self.state is not None and self.state.accepting and self.repository.is_ready() and self.health()[0]
+
+    def supervisor_view(self) -> dict:
+        return {
+            "workers": [
+                {
+                    "index": 0,
+                    "pid": os.getpid(),
+                    "ready": self.is_ready(),
+                    "heartbeat_age_s": time.monotonic() - self.beat,
+                }
+            ],
+            "restarts": {},
+        }
 
 
 # --- HTTP side port ---------------------------------------------------------------------------------
 
 
 def start_http(
-    host: str, port: int, ready: Callable[[], bool], snapshot: Callable[[], dict], workers: int = 1
+    host: str,
+    port: int,
+    live: Callable[[], tuple[bool, str]],
+    ready: Callable[[], bool],
+    snapshot: Callable[[], dict],
+    supervisor: Callable[[], dict],
 ) -> ThreadingHTTPServer:
-    """Serve /health (live), /ready and /metrics on a daemon thread; never behind the token."""
+    """Serve /health (live), /ready and /metrics on a daemon thread; never behind the token.
+
+    It runs on its own thread so that it still answers, truthfully, when the event loop is wedged."""
     from serving.metrics import render
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
             path = self.path.split("?", 1)[0]
             if path == "/health":
-                self._reply(200, b"ok\n", "text/plain")
+                ok, reason = live()
+                self._reply(200 if ok else 503, f"{reason}\n".encode(), "text/plain")
             elif path == "/ready":
                 ok = ready()
                 self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
             elif path == "/metrics":
-                self._reply(200, render(snapshot(), workers), "text/plain; version=0.0.4; charset=utf-8")
+                self._reply(200, render(snapshot(), supervisor()), "text/plain; version=0.0.4; charset=utf-8")
             else:
                 self._reply(404, b"not found\n", "text/plain")
 
@@ -449,13 +563,32 @@ def start_http(
     return httpd
 
 
+def start_worker_http(worker: Worker, host: str, port: int) -> ThreadingHTTPServer:
+    return start_http(host, port, worker.health, worker.is_ready, worker.stats.snapshot, worker.supervisor_view)
+
+
 # --- processes ---------------------------------------------------------------------------------------
 
 
-def _install_signal_handlers(worker: Worker) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.request_stop)
+def _guard_stop(worker: Worker, signals: set[signal.Signals]) -> None:
+    """Take `signals` on a thread of our own and bound the stop they start.
+
+    The signals are blocked in every thread (call this before any thread starts; they all inherit
+    the mask) and waited for here, so a stop starts even when the event loop is wedged, and the
+    process exits at grace period + margin whatever it is doing then."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+    def wait() -> None:
+        received = signal.sigwait(signals)
+        log.info("stop requested", extra={"signal": signal.Signals(received).name, "pid": os.getpid()})
+        worker.request_stop()
+        time.sleep(worker.config.grace_period + HARD_STOP_MARGIN_S)
+        log.error("did not stop within the grace period; exiting now", extra={"pid": os.getpid()})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
+
+    threading.Thread(target=wait, name="stop-guard", daemon=True).start()
 
 
 def _run_event_loop(coroutine) -> None:
@@ -470,13 +603,13 @@ def run_single(config: ServeConfig) -> int:
 
     logs.configure(config.log_level)
     worker = Worker(config)
+    _guard_stop(worker, {signal.SIGTERM, signal.SIGINT})
     httpd = None
 
     def started(w: Worker) -> None:
         nonlocal httpd
-        _install_signal_handlers(w)
         if config.metrics_port >= 0:
-            httpd = start_http(config.host, config.metrics_port, w.is_ready, w.stats.snapshot)
+            httpd = start_worker_http(w, config.host, config.metrics_port)
 
     try:
         _run_event_loop(worker.run(started))
@@ -486,19 +619,25 @@ def run_single(config: ServeConfig) -> int:
     return 0
 
 
-def _worker_main(config_dict: dict, index: int, flags) -> None:
+# Worker states the parent reads from shared memory.
+NOT_READY, READY, STALLED = 0, 1, 2
+
+
+def _worker_main(config_dict: dict, index: int, states, beats) -> None:
     from serving import logs
 
     config = ServeConfig(**config_dict)
     logs.configure(config.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
     worker = Worker(config)
+    _guard_stop(worker, {signal.SIGTERM})
 
-    def set_ready(value: bool) -> None:
-        flags[index] = 1 if value else 0
+    def report(ready: bool, healthy: bool) -> None:
+        states[index] = READY if ready else (NOT_READY if healthy else STALLED)
+        beats[index] = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the host
 
-    worker.ready_flag = set_ready
-    _run_event_loop(worker.run(_install_signal_handlers))
+    worker.on_beat = report
+    _run_event_loop(worker.run())
 
 
 def run_workers(config: ServeConfig) -> int:
@@ -510,13 +649,17 @@ def run_workers(config: ServeConfig) -> int:
     child_config = asdict(config)
     child_config["metrics_dir"] = str(metrics_dir)
     ctx = multiprocessing.get_context("spawn")  # gRPC must not be forked after it started threads
-    flags = ctx.Array("b", config.workers, lock=False)
+    states = ctx.Array("b", config.workers, lock=False)
+    beats = ctx.Array("d", config.workers, lock=False)  # 0 until a worker's first heartbeat
     stopping = threading.Event()
-
+    restarts = {"exited": 0, "wedged": 0}
     started_at: dict[int, float] = {}
 
     def spawn(index: int):
-        process = ctx.Process(target=_worker_main, args=(child_config, index, flags), name=f"mlops-serve-{index}")
+        states[index], beats[index] = NOT_READY, 0.0
+        process = ctx.Process(
+            target=_worker_main, args=(child_config, index, states, beats), name=f"mlops-serve-{index}"
+        )
         process.start()
         started_at[index] = time.monotonic()
         return process
@@ -529,8 +672,29 @@ def run_workers(config: ServeConfig) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
+    def heartbeat_age(i: int) -> float | None:
+        return time.monotonic() - beats[i] if beats[i] else None
+
+    def wedged(i: int) -> bool:
+        age = heartbeat_age(i)
+        return states[i] == STALLED or (age is not None and age > config.stall_timeout)
+
     def ready() -> bool:
-        return not stopping.is_set() and all(flags[i] for i in range(config.workers))
+        return not stopping.is_set() and all(states[i] == READY and not wedged(i) for i in range(config.workers))
+
+    def supervisor() -> dict:
+        return {
+            "workers": [
+                {
+                    "index": i,
+                    "pid": children[i].pid,
+                    "ready": states[i] == READY and not wedged(i),
+                    "heartbeat_age_s": heartbeat_age(i),
+                }
+                for i in range(config.workers)
+            ],
+            "restarts": dict(restarts),
+        }
 
     def snapshot() -> dict:
         snaps = read_snapshots(metrics_dir)
@@ -540,9 +704,13 @@ def run_workers(config: ServeConfig) -> int:
             return ServerStats().snapshot()
         return merge_snapshots(snaps)
 
+    def live() -> tuple[bool, str]:
+        # The parent restarts wedged workers itself: its own liveness is that it supervises.
+        return True, "ok"
+
     httpd = None
     if config.metrics_port >= 0:
-        httpd = start_http(config.host, config.metrics_port, ready, snapshot, config.workers)
+        httpd = start_http(config.host, config.metrics_port, live, ready, snapshot, supervisor)
     log.info(
         "workers started", extra={"workers": config.workers, "port": config.port, "pids": [c.pid for c in children]}
     )
@@ -550,8 +718,23 @@ def run_workers(config: ServeConfig) -> int:
     while not stopping.wait(0.5):
         for i, child in enumerate(children):
             if child.is_alive():
+                if wedged(i):
+                    age = heartbeat_age(i)
+                    log.error(
+                        "worker wedged; killing and restarting it",
+                        extra={
+                            "index": i,
+                            "pid": child.pid,
+                            "heartbeat_age_s": round(age, 1) if age is not None else None,
+                            "stalled_batcher": states[i] == STALLED,
+                        },
+                    )
+                    child.kill()
+                    child.join(5)
+                    restarts["wedged"] += 1
+                    children[i] = spawn(i)
                 continue
-            flags[i] = 0
+            states[i] = NOT_READY
             if time.monotonic() - started_at[i] < 10:
                 # Dying right after start (a bad port, certificate or model) would only loop.
                 log.error("worker failed at start; stopping", extra={"index": i, "exitcode": child.exitcode})
@@ -559,16 +742,19 @@ def run_workers(config: ServeConfig) -> int:
                 stopping.set()
                 break
             log.error("worker exited; restarting it", extra={"index": i, "exitcode": child.exitcode})
+            restarts["exited"] += 1
             children[i] = spawn(i)
     for child in children:
         if child.is_alive():
             os.kill(child.pid, signal.SIGTERM)
-    deadline = time.monotonic() + config.grace_period + 10
+    # Each worker ends itself at grace + margin; a stopped (SIGSTOP) or stuck one is killed just after.
+    deadline = time.monotonic() + config.grace_period + HARD_STOP_MARGIN_S + 1
     for child in children:
         child.join(max(0.0, deadline - time.monotonic()))
         if child.is_alive():
             log.error("worker did not stop in time; killing it", extra={"pid": child.pid})
             child.kill()
+            child.join(5)
     if httpd is not None:
         httpd.shutdown()
     shutil.rmtree(metrics_dir, ignore_errors=True)

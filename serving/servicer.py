@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2_grpc
 from serving.codec import decode_inputs, encode_outputs
 from serving.errors import (
     INTERNAL_MESSAGE,
+    DeadlineExceeded,
     InternalError,
     InvalidInput,
     ModelLoadError,
@@ -168,45 +169,47 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         request_id = request.id or self._id_prefix + str(next(self._ids))
         stats = model.stats
         stats.pending += 1
+        outcome = "INTERNAL"  # whatever escapes below without a known code
         try:
             feeds, rows = decode_inputs(request, model.signature, model.max_batch_size, model.nan_policy)
             decoded = time.perf_counter_ns()
-            result = await model.infer(feeds, rows)
+            result = await self._infer(model, feeds, rows, context.time_remaining())
             computed = time.perf_counter_ns()
             names, outputs, datatypes = model.output_names, result.outputs, model.output_datatypes
             if request.outputs:
                 names, outputs, datatypes = self._select_outputs(request, names, outputs, datatypes)
             response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request_id)
             encode_outputs(response, names, outputs, datatypes)
+            outcome = None
         except ServingError as exc:
-            stats.pending -= 1
-            stats.record_failure(time.perf_counter_ns() - start, exc.code.name)
+            outcome = exc.code.name
             log.info(
                 "inference refused",
                 extra={
                     "request_id": request_id,
                     "model": model.name,
                     "version": model.version,
-                    "code": exc.code.name,
+                    "code": outcome,
                     "reason": exc.reason,
                 },
             )
             raise
-        except asyncio.CancelledError:  # the client went away
-            stats.pending -= 1
-            stats.record_failure(time.perf_counter_ns() - start, "CANCELLED")
+        except asyncio.CancelledError:  # the client went away; its request has left the queue
+            outcome = "CANCELLED"
             raise
         except Exception as exc:
-            stats.pending -= 1
-            stats.record_failure(time.perf_counter_ns() - start, "INTERNAL")
             log.error(
                 "inference failed",
                 exc_info=True,
                 extra={"request_id": request_id, "model": model.name, "version": model.version},
             )
             raise InternalError(INTERNAL_MESSAGE) from exc
-        end = time.perf_counter_ns()
-        stats.pending -= 1
+        finally:
+            # The one place a request leaves the accounting, whatever happened to it.
+            stats.pending -= 1
+            end = time.perf_counter_ns()
+            if outcome is not None:
+                stats.record_failure(end - start, outcome)
         stats.record_success(end - start, decoded - start, result.queue_ns, result.compute_ns, end - computed)
         plog = self._log
         if plog is not None and plog.sampled():
@@ -225,6 +228,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 },
             )
         return response
+
+    @staticmethod
+    async def _infer(model, feeds, rows: int, remaining_s: float | None):
+        """Run within the client's deadline: past it the request leaves the queue (its future is
+        cancelled, so the batcher skips it) and the client gets DEADLINE_EXCEEDED."""
+        if remaining_s is None:
+            return await model.infer(feeds, rows)
+        try:
+            async with asyncio.timeout(remaining_s):
+                return await model.infer(feeds, rows)
+        except TimeoutError:
+            raise DeadlineExceeded(f"deadline of the request passed after {remaining_s:.3f}s in the server") from None
 
     @staticmethod
     def _select_outputs(request, names, outputs, datatypes):

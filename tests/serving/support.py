@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.server import ServeConfig, Worker, start_http
+from serving.server import ServeConfig, Worker, start_worker_http
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "flight_delay"
@@ -81,7 +81,7 @@ class RunningServer:
 
         def on_started(worker):
             if config.metrics_port >= 0:
-                self.httpd = start_http("127.0.0.1", config.metrics_port, worker.is_ready, worker.stats.snapshot)
+                self.httpd = start_worker_http(worker, "127.0.0.1", config.metrics_port)
             started.set()
 
         def target():

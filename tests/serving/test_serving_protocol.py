@@ -168,31 +168,36 @@ def test_statistics_count_requests(flight):
     assert err.value.status() == "StatusCode.NOT_FOUND"
 
 
-def test_repository_index_load_and_unload(flight):
+ADMIN = {"authorization": "Bearer admin-t0ken"}
+
+
+def test_repository_index_load_and_unload(serve, model_files):
+    flight = serve(model_path=str(model_files["flight_v1"]), model_version="3", admin_token="admin-t0ken")
     client = flight.client()
-    index = client.get_model_repository_index().models
+    index = client.get_model_repository_index(headers=ADMIN).models
     assert [(m.name, m.version, m.state) for m in index] == [(MODEL, "3", "READY")]
 
-    client.unload_model(MODEL)
+    client.unload_model(MODEL, headers=ADMIN)
     wait_until(lambda: not client.is_model_ready(MODEL), 10, what="unload")
     assert not client.is_server_ready()
-    index = client.get_model_repository_index().models
+    index = client.get_model_repository_index(headers=ADMIN).models
     assert [(m.version, m.state) for m in index] == [("3", "UNAVAILABLE")]
     with grpc.insecure_channel(flight.url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        assert list(stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=5).models) == []
+        request = pb.RepositoryIndexRequest(ready=True)
+        assert list(stub.RepositoryIndex(request, timeout=5, metadata=tuple(ADMIN.items())).models) == []
     with pytest.raises(InferenceServerException) as err:
         client.infer(MODEL, infer_inputs(dm.flight_rows(1)))
     assert err.value.status() == "StatusCode.UNAVAILABLE"
     # The follower stays paused after an unload: the model does not come back by itself.
     assert not client.is_model_ready(MODEL)
 
-    client.load_model(MODEL)
+    client.load_model(MODEL, headers=ADMIN)
     assert client.is_model_ready(MODEL)
     assert client.infer(MODEL, infer_inputs(dm.flight_rows(1))).as_numpy("probability").shape == (1, 1)
 
     with pytest.raises(InferenceServerException) as err:
-        client.load_model("no_such_model")
+        client.load_model("no_such_model", headers=ADMIN)
     assert err.value.status() == "StatusCode.NOT_FOUND"
 
 
