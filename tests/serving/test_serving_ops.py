@@ -19,7 +19,6 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from serving import demo_models as dm
-from serving.prediction_log import PredictionLog, encode_record, recover_segments
 from serving.server import parse_config
 from tests.serving.support import MODEL, REPO_ROOT, http_get, infer_inputs, wait_until
 
@@ -205,58 +204,6 @@ def test_prediction_log_records_every_request(serve, model_files, tmp_path):
     assert first["inputs"]["f32"] == [1.0, 2.0, 3.0, 4.0]
     assert first["inputs"]["label"] == ["a", "b"] and first["inputs"]["flag"] == [True, False]
     assert first["outputs"]["total"] == [8.5, 24.5] and first["outputs"]["label_out"] == ["a", "b"]
-
-
-def test_prediction_log_rotation_sampling_and_recovery(tmp_path):
-    folder = tmp_path / "plog"
-    log = PredictionLog(folder, max_bytes=2000, flush_interval_s=0.01)
-    arrays = {"x": np.arange(20, dtype=np.float32).reshape(20, 1)}
-    for i in range(30):
-        log.submit(f"r{i}", "m", "1", arrays, {"y": np.array([[np.nan], [1.0]], np.float32)})
-    log.close()
-    segments = sorted(folder.glob("*.jsonl"))
-    assert len(segments) > 3 and not list(folder.glob("*.open"))
-    records = read_log(folder)
-    assert [r["request_id"] for r in records] == [f"r{i}" for i in range(30)]
-    assert records[0]["outputs"]["y"] == [None, 1.0]  # non-finite floats become null
-    assert len({s.name.split("-")[3] for s in segments}) == len(segments)  # distinct sequence numbers
-
-    never = PredictionLog(tmp_path / "never", sample_rate=0.0)
-    assert not any(never.sampled() for _ in range(1000))
-    never.close()
-    half = PredictionLog(tmp_path / "half", sample_rate=0.5)
-    picked = sum(half.sampled() for _ in range(4000))
-    half.close()
-    assert 1500 < picked < 2500
-
-    # A segment left open by a dead process: the torn last line is dropped and the file closed.
-    dead = folder / "predictions-20260101T000000-999999999-000001.jsonl.open"
-    dead.write_text('{"request_id": "ok"}\n{"request_id": "tor')
-    recovered = recover_segments(folder)
-    assert [p.name for p in recovered] == ["predictions-20260101T000000-999999999-000001.jsonl"]
-    assert recovered[0].read_text() == '{"request_id": "ok"}\n'
-
-
-@pytest.mark.parametrize("fast", [True, False])
-def test_prediction_log_encodings_agree(fast):
-    """orjson (when installed) and the stdlib fallback write the same records."""
-    inputs = {
-        "temp": np.array([[0.1], [np.nan], [np.inf]], np.float32),
-        "carrier": np.array([["AA"], ["B6"], ["ü"]], dtype=object),
-        "count": np.array([[1], [2], [3]], np.int64),
-        "flag": np.array([[True], [False], [True]]),
-    }
-    outputs = {"probability": np.arange(6, dtype=np.float32).reshape(3, 2)[:, :1]}  # a non-contiguous view
-    line = encode_record(0.0, "r1", "m", "7", inputs, outputs, fast=fast)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    record = json.loads(line)
-    assert record["ts"] == "1970-01-01T00:00:00.000000Z"
-    assert (record["request_id"], record["model_name"], record["model_version"]) == ("r1", "m", "7")
-    assert record["inputs"]["temp"][1:] == [None, None]
-    assert np.float32(record["inputs"]["temp"][0]) == np.float32(0.1)
-    assert record["inputs"]["carrier"] == ["AA", "B6", "ü"]
-    assert record["inputs"]["count"] == [1, 2, 3] and record["inputs"]["flag"] == [True, False, True]
-    assert record["outputs"]["probability"] == [0.0, 2.0, 4.0]
 
 
 # --- graceful shutdown --------------------------------------------------------------------------------
