@@ -43,8 +43,11 @@ def on_new_data(*triggers: str) -> dg.AutomationCondition:
     return (
         dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(*triggers)).since_last_handled()
         # A quarantined month's latest validated_features run failed. (Checks are per asset, not per
-        # month, so "checks passed" would let one bad month block all the others.)
-        & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.execution_failed())
+        # month, so "checks passed" would let one bad month block all the others.) Only the month's
+        # data counts: a refused challenger or a failed deployment says nothing about the data.
+        & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.execution_failed()).ignore(
+            dg.AssetSelection.assets("champion_model")
+        )
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
@@ -187,7 +190,14 @@ def drift_report(
         for c in (*result.columns, *([prediction] if prediction else []))
         if c.drifted
     ]
-    path = store.write_bytes(drift_html_key(context.partition_key), result.html.encode("utf-8"))
+    html = result.html.encode("utf-8")
+    path = store.write_bytes(drift_html_key(context.partition_key), html)
+    # The copy a person opens: MLflow's artifact view renders the HTML, one click from the asset page.
+    report_url = registry.log_report(
+        f"drift_report {context.partition_key}",
+        {"drift_report.html": html},
+        {"month": context.partition_key, "champion_version": version, "dagster_run_id": context.run_id},
+    )
     context.log.info(f"{context.partition_key}: drifted={drifted} share={result.drifted_share:.2f}; report {path}")
     return dg.MaterializeResult(
         metadata={
@@ -206,6 +216,7 @@ def drift_report(
             "reference_rows": len(reference),
             "current_rows": len(current),
             **source,
+            "report_url": dg.MetadataValue.url(report_url),
             "report": _link(store, drift_html_key(context.partition_key)),
             "elapsed_s": round(time.perf_counter() - started, 3),
         }

@@ -3,7 +3,8 @@
 The scorecard's winner among each training run's candidates becomes a registry version with alias
 `challenger`. The blocking `promotion_gate` decides, from figures measured on the same data, whether
 it may take alias `champion`; the decision and its reason are written onto the version's tags
-whatever it is.
+whatever it is. A refusal is a decision, not a breakage: the gate reports it as a warning, the run
+succeeds, and `champion_model` records that it kept the champion and why.
 """
 
 from datetime import UTC, datetime
@@ -101,7 +102,12 @@ def decide(challenger_auc: float, champion_auc: float | None, config: PromotionC
     return passed, (f"AUC {challenger_auc:.4f} {relation} champion {champion_auc:.4f} - margin {config.auc_margin:.4f}")
 
 
-@dg.asset_check(asset="registered_model", blocking=True, description="The challenger may become champion.")
+@dg.asset_check(
+    asset="registered_model",
+    # Blocking orders champion_model after the decision; a refusal is a WARN, which blocks nothing.
+    blocking=True,
+    description="The challenger may become champion (a refusal warns: the champion stays).",
+)
 def promotion_gate(config: PromotionConfig, registered_model: dict, registry: MlflowRegistry) -> dg.AssetCheckResult:
     report = registered_model["evaluation"]
     version = registered_model["version"]
@@ -130,6 +136,8 @@ def promotion_gate(config: PromotionConfig, registered_model: dict, registry: Ml
     )
     return dg.AssetCheckResult(
         passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR if passed else dg.AssetCheckSeverity.WARN,
+        description=f"{decision}: {reason}",
         metadata={
             "decision": decision,
             "reason": reason,
@@ -147,21 +155,45 @@ def promotion_gate(config: PromotionConfig, registered_model: dict, registry: Ml
 def champion_model(
     context: dg.AssetExecutionContext, registered_model: dict, registry: MlflowRegistry
 ) -> dg.Output[dict]:
-    """The registry version serving traffic: alias `champion`, moved here only after the gate approved."""
-    version = registered_model["version"]
-    tags = registry.client().get_model_version(registry.model_name, version).tags
-    if tags.get("promotion_decision") != "approved":
-        raise dg.Failure(f"version {version} was not approved by promotion_gate: {tags.get('promotion_reason')}")
+    """The registry version serving traffic: alias `champion`, moved here only when the gate approved.
+
+    A refused challenger leaves the champion where it was; this asset then records what was kept and why."""
+    challenger = registered_model["version"]
+    client = registry.client()
+    tags = client.get_model_version(registry.model_name, challenger).tags
     previous = registry.version_by_alias(CHAMPION)
     previous_version = str(previous.version) if previous else None
-    registry.client().set_registered_model_alias(registry.model_name, CHAMPION, version)
-    registry.tag_version(version, {"promoted_at": datetime.now(UTC).isoformat(timespec="seconds")})
-    context.log.info(f"champion: {previous_version} -> {version} ({tags['promotion_reason']})")
+    reason = tags.get("promotion_reason", "promotion_gate has not decided on this version")
+    if tags.get("promotion_decision") == "approved":
+        client.set_registered_model_alias(registry.model_name, CHAMPION, challenger)
+        registry.tag_version(challenger, {"promoted_at": datetime.now(UTC).isoformat(timespec="seconds")})
+        decision, champion, champion_tags = "promoted", challenger, tags
+        context.log.info(f"champion: {previous_version} -> {challenger} ({reason})")
+    else:
+        decision, champion = "kept", previous_version
+        champion_tags = previous.tags if previous else {}
+        context.log.warning(f"champion stays {previous_version}: challenger {challenger} refused ({reason})")
+    summary = (
+        f"v{champion} promoted over v{previous_version or 'none'}: {reason}"
+        if decision == "promoted"
+        else f"kept v{champion or 'none'}, refused v{challenger}: {reason}"
+    )
     return dg.Output(
-        {"version": version, "previous_version": previous_version, "reason": tags["promotion_reason"]},
+        {
+            "version": champion,
+            "previous_version": previous_version,
+            "decision": decision,
+            "challenger_version": challenger,
+            "reason": reason,
+        },
         metadata={
-            "version": version,
+            "decision": decision,
+            "summary": summary,
+            "version": champion or dg.MetadataValue.null(),
             "previous_version": previous_version or dg.MetadataValue.null(),
-            "reason": tags["promotion_reason"],
+            "challenger_version": challenger,
+            "reason": reason,
+            # Read by the retraining sensors: which model a verdict must be about, and the months it knows.
+            "train_months": champion_tags.get("train_months", ""),
         },
     )

@@ -91,6 +91,41 @@ class MlflowRegistry(dg.ConfigurableResource):
                 return None
             raise
 
+    def ui_url(self) -> str:
+        """Where people open MLflow: MLOPS_MLFLOW_UI_URL, else the tracking server, else `make mlflow-ui`."""
+        configured = os.environ.get("MLOPS_MLFLOW_UI_URL")
+        if configured:
+            return configured.rstrip("/")
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return self.tracking_uri.rstrip("/")
+        return "http://127.0.0.1:5000"
+
+    def log_report(self, run_name: str, files: dict[str, bytes], tags: dict[str, str]) -> str:
+        """Log `files` (an HTML report, a plot) to a new run of the monitoring experiment; returns the
+        MLflow UI address of the first file, which MLflow's artifact view renders."""
+        client = self.client()
+        name = f"{self.experiment_name}-monitoring"
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else client.create_experiment(name, artifact_location=self._monitoring_artifacts())
+        )
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        with tempfile.TemporaryDirectory() as tmp:
+            for filename, data in files.items():
+                path = Path(tmp) / filename
+                path.write_bytes(data)
+                client.log_artifact(run.info.run_id, str(path))
+        client.set_terminated(run.info.run_id)
+        first = next(iter(files))
+        return f"{self.ui_url()}/#/experiments/{experiment_id}/runs/{run.info.run_id}/artifactPath/{first}"
+
+    def _monitoring_artifacts(self) -> str | None:
+        if self.artifact_location is None:
+            return None
+        return self.artifact_location.rstrip("/") + "-monitoring"
+
     def onnx_bytes(self, version: str | int) -> bytes:
         """The ONNX file of a registered version, fetched from the artifact store."""
         with tempfile.TemporaryDirectory() as tmp, self._fluent() as mlflow:

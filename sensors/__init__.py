@@ -3,14 +3,14 @@
 import dagster as dg
 
 from sensors.drift import drift_sensor, live_performance_sensor
-from sensors.jobs import batch_inference_job, training_job
+from sensors.jobs import batch_inference_job, features_job, monitoring_job, training_job
 from sensors.monitoring import monitoring_sensor
 from sensors.schedules import monthly_retraining
 
 
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        jobs=[training_job, batch_inference_job],
+        jobs=[features_job, training_job, batch_inference_job, monitoring_job],
         sensors=[drift_sensor, live_performance_sensor, monitoring_sensor],
         schedules=[monthly_retraining],
     )

@@ -2,9 +2,10 @@
 
 Both read the instance's event log rather than using `asset_sensor`, which sees only the latest
 materialization: a backfill that lands five drifted months between two ticks must count as five.
-The cursor holds the last storage id read, the time of the last request (cooldown) and the
+The cursor holds the last storage id read, the time of this sensor's last request and the
 partitions that want retraining but have not got it yet (held during a cooldown or while a
-training run is in flight), so no verdict is lost and none triggers twice.
+training run is in flight), so no verdict is lost and none triggers twice. What every trigger of
+retraining shares (one run at a time, one cooldown, which verdicts count) is in sensors/guard.py.
 """
 
 from __future__ import annotations
@@ -13,20 +14,13 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 
 import dagster as dg
 
+from sensors.guard import held_by_runs, iso, serving_champion, stale
 from sensors.jobs import training_job
-from sensors.retraining import DEFAULT_WINDOW_MONTHS, retraining_window
+from sensors.retraining import DEFAULT_COOLDOWN_SECONDS, DEFAULT_WINDOW_MONTHS, retraining_window
 
-DEFAULT_COOLDOWN_SECONDS = 24 * 3600
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 PAGE = 100
 
 # Reads one materialization's metadata; returns why that partition needs retraining, or None.
@@ -44,7 +38,10 @@ class RetrainingCursor:
 
     @classmethod
     def load(cls, raw: str | None) -> RetrainingCursor:
-        return cls(**json.loads(raw)) if raw else cls()
+        if not raw:
+            return cls()
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
 
     def dump(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -82,15 +79,12 @@ def _new_records(instance: dg.DagsterInstance, asset_key: dg.AssetKey, after: in
         page_cursor = page.cursor
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
 def build_retraining_sensor(
     *,
     name: str,
     asset_key: dg.AssetKey,
     trigger: Trigger,
+    version_key: str,
     description: str,
     cooldown_seconds: float = DEFAULT_COOLDOWN_SECONDS,
     window_months: int = DEFAULT_WINDOW_MONTHS,
@@ -98,7 +92,8 @@ def build_retraining_sensor(
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     job: dg.UnresolvedAssetJobDefinition = training_job,
 ) -> dg.SensorDefinition:
-    """A sensor that requests `job` over a retraining window when `trigger` finds a reason in new materializations."""
+    """A sensor that requests `job` over a retraining window when `trigger` finds a reason in new
+    materializations; `version_key` names the metadata entry saying which model version was judged."""
 
     @dg.sensor(
         name=name,
@@ -110,20 +105,29 @@ def build_retraining_sensor(
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         state = RetrainingCursor.load(context.cursor)
         records = _new_records(context.instance, asset_key, state.storage_id)
-        seen, triggered = [], []
+        champion = serving_champion(context.instance)
+        seen, ignored = [], {}
         for record in records:
             partition = record.partition_key or "(unpartitioned)"
-            reason = trigger(record.asset_materialization.metadata)
+            metadata = record.asset_materialization.metadata
+            reason = trigger(metadata)
             seen.append(partition)
+            state.storage_id = max(state.storage_id, record.storage_id)
             # The newest verdict for a partition wins: a month re-measured as fine stops waiting.
             if reason is None:
                 state.pending.pop(partition, None)
-            else:
+                continue
+            judged = _value(metadata, version_key)
+            why_not = stale(champion, partition, None if judged is None else str(judged))
+            if why_not is None:
                 state.pending[partition] = reason
-                triggered.append(partition)
-            state.storage_id = max(state.storage_id, record.storage_id)
+            else:
+                state.pending.pop(partition, None)
+                ignored[partition] = why_not
 
         def skip(reason: str) -> dg.SensorResult:
+            if ignored:
+                reason += "; ignored: " + "; ".join(f"{p} ({why})" for p, why in sorted(ignored.items()))
             return dg.SensorResult(skip_reason=dg.SkipReason(reason), cursor=state.dump())
 
         if not state.pending:
@@ -138,16 +142,13 @@ def build_retraining_sensor(
         now = time.time()
         if state.last_request_at is not None and now - state.last_request_at < cooldown_seconds:
             return skip(
-                f"{', '.join(partitions)} call(s) for retraining, but the last run was requested at "
-                f"{_iso(state.last_request_at)} (cooldown {cooldown_seconds:g} s): held until "
-                f"{_iso(state.last_request_at + cooldown_seconds)}"
+                f"{', '.join(partitions)} call(s) for retraining, but this sensor requested a run at "
+                f"{iso(state.last_request_at)} (cooldown {cooldown_seconds:g} s): held until "
+                f"{iso(state.last_request_at + cooldown_seconds)}"
             )
-        running = context.instance.get_runs(filters=dg.RunsFilter(job_name=job.name, statuses=IN_FLIGHT), limit=1)
-        if running:
-            return skip(
-                f"{', '.join(partitions)} call(s) for retraining, but {job.name} run {running[0].run_id} is "
-                f"{running[0].status.value}: held until it finishes"
-            )
+        held = held_by_runs(context.instance, cooldown_seconds, now)
+        if held is not None:
+            return skip(f"{', '.join(partitions)} call(s) for retraining, but {held}")
 
         newest = partitions[-1]
         window = retraining_window(newest, window_months)
@@ -181,6 +182,7 @@ def build_drift_sensor(**overrides) -> dg.SensorDefinition:
             "name": "drift_sensor",
             "asset_key": dg.AssetKey("drift_report"),
             "trigger": drift_trigger,
+            "version_key": "champion_version",
             "description": "Retrains when a drift_report finds the month drifted from the champion's training data.",
             **overrides,
         }
@@ -193,6 +195,7 @@ def build_live_performance_sensor(**overrides) -> dg.SensorDefinition:
             "name": "live_performance_sensor",
             "asset_key": dg.AssetKey("live_performance"),
             "trigger": live_performance_trigger,
+            "version_key": "model_version",
             "description": "Retrains when live_performance finds AUC or Brier score past their margins.",
             **overrides,
         }

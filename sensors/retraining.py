@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from mlops_assets.partitions import MONTH_FORMAT, monthly_partitions
 
 DEFAULT_WINDOW_MONTHS = 3
+DEFAULT_COOLDOWN_SECONDS = 24 * 3600  # between two retraining runs, whoever asks for them
 
 
 @dataclass(frozen=True)

@@ -6,19 +6,22 @@ only makes sense once real monthly data flows in: the shipped data ends in 2013-
 calendar every tick would skip.
 """
 
+import time
 from datetime import UTC, datetime
 
 import dagster as dg
 
 from mlops_assets.partitions import monthly_partitions
+from sensors.guard import held_by_runs
 from sensors.jobs import training_job
-from sensors.retraining import DEFAULT_WINDOW_MONTHS, previous_month, retraining_window
+from sensors.retraining import DEFAULT_COOLDOWN_SECONDS, DEFAULT_WINDOW_MONTHS, previous_month, retraining_window
 
 CRON = "0 4 1 * *"  # 04:00 UTC on the 1st: last month is complete and its batch jobs have run
 
 
 def build_monthly_retraining_schedule(
     window_months: int = DEFAULT_WINDOW_MONTHS,
+    cooldown_seconds: float = DEFAULT_COOLDOWN_SECONDS,
     default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
 ) -> dg.ScheduleDefinition:
     @dg.schedule(
@@ -39,6 +42,9 @@ def build_monthly_retraining_schedule(
                 f"no retraining window ends with {last_month}: the data covers {keys[0]}..{keys[-1]} "
                 "and a run needs three months up to the last one"
             )
+        held = held_by_runs(context.instance, cooldown_seconds, time.time())
+        if held is not None:
+            return dg.SkipReason(f"retraining for {last_month} not started: {held}")
         return dg.RunRequest(
             run_key=f"monthly_retraining-{last_month}",
             run_config=window.run_config(),

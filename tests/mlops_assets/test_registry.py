@@ -1,3 +1,4 @@
+import dagster as dg
 import pytest
 
 from mlops_assets.registry import PromotionConfig, decide
@@ -60,16 +61,21 @@ def test_gate_refuses_a_worse_challenger_and_the_champion_stays(first, resources
     # learning_rate 0 leaves every candidate at its random initial weights: AUC near 0.5.
     second = _run(resources, candidates_learn=False, learning_rate=0.0)
 
-    assert not second.success
+    # A refusal is a decision: the run succeeds, the gate warns, champion_model says what it kept.
+    assert second.success
     gate = _gate(second)
     assert not gate.passed and gate.metadata["decision"].value == "refused"
+    assert gate.severity == dg.AssetCheckSeverity.WARN
     assert gate.metadata["champion_version"].value == champion
     assert gate.metadata["challenger_auc"].value < gate.metadata["champion_auc"].value - 0.005
     report = second.asset_materializations_for_node("evaluation_report")[0].metadata
     assert report["champion_auc"].value == pytest.approx(gate.metadata["champion_auc"].value)
-    assert not second.asset_materializations_for_node("champion_model")
-    assert str(registry.version_by_alias(CHAMPION).version) == champion
     challenger = second.output_for_node("registered_model")["version"]
+    kept = second.asset_materializations_for_node("champion_model")[0].metadata
+    assert kept["decision"].value == "kept" and kept["version"].value == champion
+    assert kept["summary"].value.startswith(f"kept v{champion}, refused v{challenger}: AUC")
+    assert kept["train_months"].value == "2013-01"
+    assert str(registry.version_by_alias(CHAMPION).version) == champion
     assert str(registry.version_by_alias(CHALLENGER).version) == challenger
     tags = registry.client().get_model_version(registry.model_name, challenger).tags
     assert tags["promotion_decision"] == "refused" and tags["promotion_compared_to"] == champion
@@ -87,8 +93,10 @@ def test_equal_challenger_is_promoted_against_the_champion(first, resources):
 
 def test_floor_refuses_a_first_model(resources):
     result = _run(resources, gate={"auc_floor": 0.99})
-    assert not result.success
+    assert result.success
     assert _gate(result).metadata["decision"].value == "refused"
+    kept = result.asset_materializations_for_node("champion_model")[0].metadata
+    assert kept["decision"].value == "kept" and kept["version"].value is None
     assert resources["registry"].version_by_alias(CHAMPION) is None
 
 
