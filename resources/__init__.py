@@ -11,7 +11,7 @@ import dagster as dg
 from resources.artifact_store import ArtifactStore, LocalArtifactStore, S3ArtifactStore
 from resources.flight_source import FlightSource
 from resources.mlflow_registry import MlflowRegistry
-from resources.serving_endpoint import ServingEndpoint
+from resources.serving_endpoint import ServingEndpoint, token_from_environment
 from resources.settings import default_tracking_uri, mlops_home
 
 __all__ = [
@@ -32,7 +32,8 @@ ENVIRONMENTS = ("local", "prod")
 
 def local_resources(home: Path | None = None) -> dict:
     """The embedded defaults: files, SQLite MLflow and artifacts under `home` ($MLOPS_HOME); the serving
-    endpoint only where MLOPS_SERVING_URL names one (`make serve` listens on 127.0.0.1:8001)."""
+    endpoint only where MLOPS_SERVING_URL names one (`make serve` listens on 127.0.0.1:8001), with the
+    bearer token MLOPS_SERVE_TOKEN where set (`make serve` reads the same variable)."""
     home = home or mlops_home()
     return {
         "source": FlightSource(uri=os.environ.get("MLOPS_FLIGHTS_URI") or None),
@@ -40,7 +41,9 @@ def local_resources(home: Path | None = None) -> dict:
         "registry": MlflowRegistry(
             tracking_uri=default_tracking_uri(home), artifact_location=(home / "mlartifacts").as_uri()
         ),
-        "serving": ServingEndpoint(url=os.environ.get("MLOPS_SERVING_URL") or None),
+        "serving": ServingEndpoint(
+            url=os.environ.get("MLOPS_SERVING_URL") or None, token=token_from_environment(required=False)
+        ),
     }
 
 

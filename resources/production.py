@@ -8,7 +8,8 @@ of the process that runs the step, when the run starts (`dg.EnvVar`), never whil
     MLOPS_S3_PREFIX       optional key prefix inside the bucket (default "mlops"); read at load time
     MLOPS_FLIGHTS_URI     optional raw-data location (see FlightSource); read at load time
     MLOPS_SERVING_URL     optional host:port of the serving Service the `deployment` asset verifies
-    MLOPS_SERVE_TOKEN     optional bearer token of that server (a secret: resolved at run time only)
+    MLOPS_SERVE_TOKEN     that server's bearer token, required in a run wherever MLOPS_SERVING_URL is set
+                          (a secret: resolved when the run starts, so the code server never needs it)
 
 AWS credentials and region come from boto3's own chain (ECS task role, EKS IRSA, AWS_* variables), so no key
 sits in configuration. Any S3-compatible store (MinIO, Ceph, moto) works by setting boto3's own
@@ -25,7 +26,7 @@ from dagster_aws.s3 import S3PickleIOManager, S3Resource
 from resources.artifact_store import S3ArtifactStore
 from resources.flight_source import FlightSource
 from resources.mlflow_registry import MlflowRegistry
-from resources.serving_endpoint import ServingEndpoint
+from resources.serving_endpoint import ServingEndpoint, token_from_environment
 
 DEFAULT_PREFIX = "mlops"
 
@@ -44,13 +45,13 @@ def production_resources() -> dict:
     """
     prefix = production_prefix()
     bucket = dg.EnvVar("MLOPS_S3_BUCKET")
+    serving_url = os.environ.get("MLOPS_SERVING_URL") or None
     return {
         "io_manager": S3PickleIOManager(s3_resource=S3Resource(), s3_bucket=bucket, s3_prefix=f"{prefix}/io"),
         "source": FlightSource(uri=os.environ.get("MLOPS_FLIGHTS_URI") or None),
         "store": S3ArtifactStore(bucket=bucket, prefix=f"{prefix}/artifacts"),
         "registry": MlflowRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
-        "serving": ServingEndpoint(
-            url=os.environ.get("MLOPS_SERVING_URL") or None,
-            token=dg.EnvVar("MLOPS_SERVE_TOKEN") if os.environ.get("MLOPS_SERVE_TOKEN") else None,
-        ),
+        # Production servers always require a token: the definitions name the variable whenever a server is
+        # named, whether or not the loading process holds the secret (run pods and tasks do, the code server not).
+        "serving": ServingEndpoint(url=serving_url, token=token_from_environment(required=serving_url is not None)),
     }

@@ -1,11 +1,13 @@
 """deploy/ checked against the tools that will read it: Dagster's own config schemas for the instance and
 workspace files, Kubernetes' JSON schemas (kubernetes-validate, strict: unknown fields fail) and yamllint
-for the manifests, and the cross-references between them (ports, names, env vars, commands)."""
+for the manifests, the ECS API model (botocore) for the serving task definition, and the cross-references
+between them (ports, names, env vars, commands, secrets, and the serving shutdown and probe arithmetic)."""
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
+import os
 import re
 import shutil
 import sys
@@ -18,11 +20,16 @@ import yaml
 from tests.deploy.support import DEPLOY, REPO_ROOT, parse_dockerfile, parse_env
 
 ECS_INSTANCE = DEPLOY / "ecs" / "dagster.yaml"
+ECS_SERVING = DEPLOY / "ecs" / "serving-task-definition.yaml"
 K8S_INSTANCE = DEPLOY / "k8s" / "config" / "dagster.yaml"
 MANIFESTS = [DEPLOY / "k8s" / name for name in ("dagster.yaml", "mlflow.yaml", "serving.yaml")]
 KUBERNETES_VERSIONS = ["1.29", "1.33", "1.37"]  # oldest supported by EKS/GKE today .. newest schema shipped
-SECRETS = {"mlops-postgres", "mlops-mlflow", "mlops-serve-token"}  # created by hand, see the README section
+TOKEN_SECRET, ADMIN_SECRET = "mlops-serve-token", "mlops-serve-admin-token"
+SECRETS = {"mlops-postgres", "mlops-mlflow", TOKEN_SECRET, ADMIN_SECRET}  # created by hand, see the README section
 IMAGE_UID = 10001
+# mlops-serve's shutdown contract: after SIGTERM it drains for MLOPS_SERVE_GRACE_PERIOD and exits, prediction
+# log flushed, at the latest this many seconds later (its hard deadline). The platform's SIGKILL must come after.
+HARD_DEADLINE_S = 5
 
 
 def _load(path: Path) -> dict:
@@ -63,6 +70,58 @@ def _kustomization() -> dict:
 def _settings() -> dict[str, str]:
     generator = next(g for g in _kustomization()["configMapGenerator"] if g["name"] == "mlops-settings")
     return dict(literal.split("=", 1) for literal in generator["literals"])
+
+
+def _image_env() -> dict[str, str]:
+    return {k: v for e in parse_dockerfile().final.all("ENV") for k, v in parse_env(e).items()}
+
+
+def _serving_pod() -> dict:
+    return _kind("Deployment")["mlops-serve"]["spec"]["template"]["spec"]
+
+
+def _k8s_serving_env() -> dict[str, str]:
+    """The serving container's environment as the kubelet sets it: values, ConfigMap keys, required Secrets."""
+    env = {}
+    for entry in _serving_pod()["containers"][0]["env"]:
+        source = entry.get("valueFrom", {})
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        elif "configMapKeyRef" in source:
+            env[entry["name"]] = _settings()[source["configMapKeyRef"]["key"]]
+        elif not source["secretKeyRef"].get("optional"):
+            env[entry["name"]] = "value-of-a-secret"
+    return env
+
+
+def _ecs_serving() -> dict:
+    return _load(ECS_SERVING)
+
+
+def _ecs_serving_env() -> dict[str, str]:
+    container = _ecs_serving()["containerDefinitions"][0]
+    return {e["name"]: e["value"] for e in container["environment"]} | dict.fromkeys(
+        (s["name"] for s in container["secrets"]), "value-of-a-secret"
+    )
+
+
+def _served(env: dict[str, str], monkeypatch):
+    """What mlops-serve makes of a container's environment: its own parser, its defaults for what is unset."""
+    from serving.server import parse_config
+
+    for name in list(os.environ):
+        if name.startswith(("MLOPS_", "MLFLOW_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return parse_config([])
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes quantity of bytes ("2Gi", "256Mi", "1G") as an integer."""
+    units = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    number, unit = re.fullmatch(r"(\d+)([kMGT]i?|Ki)?", quantity).groups()
+    return int(number) * units[unit or ""]
 
 
 # --- YAML ------------------------------------------------------------------------------------------
@@ -120,10 +179,19 @@ def test_the_ecs_launcher_builds_from_its_config_and_run_tasks_get_every_setting
     )  # boto3 clients only: no AWS call happens here
     assert type(launcher).__name__ == "EcsRunLauncher"
     # A run task loads the instance and the prod resources: every variable they read must reach it.
-    passed = set(section["config"]["env_vars"]) | {s["name"] for s in section["config"]["secrets"]}
+    secrets = {s["name"]: s["valueFrom"] for s in section["config"]["secrets"]}
+    passed = set(section["config"]["env_vars"]) | set(secrets)
     needed = _env_names({k: v for k, v in _load(ECS_INSTANCE).items() if k != "run_launcher"})
-    needed |= {"MLOPS_ENV", "MLOPS_S3_BUCKET", "MLFLOW_TRACKING_URI"}
+    # MLOPS_SERVE_TOKEN: prod resources require it in every run that checks a deployment (MLOPS_SERVING_URL set).
+    needed |= {"MLOPS_ENV", "MLOPS_S3_BUCKET", "MLFLOW_TRACKING_URI", "MLOPS_SERVING_URL", "MLOPS_SERVE_TOKEN"}
     assert needed <= passed, f"not passed to run tasks: {sorted(needed - passed)}"
+    # Secrets travel as Secrets Manager references in the run's task definition, never as copied plain values:
+    # the launcher's `secrets` replace the launching task's, so each one a run needs must be listed here.
+    assert {"DAGSTER_PG_PASSWORD", "MLOPS_SERVE_TOKEN"} <= set(secrets)
+    assert not set(secrets) & set(section["config"]["env_vars"])
+    assert secrets["MLOPS_SERVE_TOKEN"] == {"env": "MLOPS_SERVE_TOKEN_SECRET_ARN"}
+    launched = {s["name"]: s["valueFrom"] for s in launcher.secrets}
+    assert launched["MLOPS_SERVE_TOKEN"] == "value-of-mlops_serve_token_secret_arn"  # resolved from the environment
 
 
 def test_the_k8s_launcher_names_what_the_manifests_create():
@@ -134,6 +202,9 @@ def test_the_k8s_launcher_names_what_the_manifests_create():
     assert Path(generated["dagster-instance"]["files"][0]).name == "dagster.yaml"
     assert set(config["env_config_maps"]) <= set(generated)
     assert config["postgres_password_secret"] in SECRETS
+    # Run pods get the serving token (every key of its Secret), and never the admin token.
+    assert TOKEN_SECRET in config["env_secrets"] and ADMIN_SECRET not in config["env_secrets"]
+    assert set(config["env_secrets"]) <= SECRETS
     # Run pods, the webserver and the daemon mount the instance where the image says DAGSTER_HOME is.
     image_env = {k: v for e in parse_dockerfile().final.all("ENV") for k, v in parse_env(e).items()}
     assert config["dagster_home"] == image_env["DAGSTER_HOME"]
@@ -282,7 +353,6 @@ def test_serving_probes_ports_and_scaling_match_the_server():
     help_text = build_parser().format_help()
     documented = set(re.findall(r"\[([A-Z][A-Z0-9_]+)", help_text))
     assert set(env) <= documented, f"mlops-serve reads no {sorted(set(env) - documented)}"
-    assert pod["terminationGracePeriodSeconds"] > float(env["MLOPS_SERVE_GRACE_PERIOD"])
     cpu_limit = float(container["resources"]["limits"]["cpu"])
     assert int(env["MLOPS_SERVE_WORKERS"]) * int(env["MLOPS_SERVE_INTRA_OP_THREADS"]) <= cpu_limit
 
@@ -292,3 +362,176 @@ def test_serving_probes_ports_and_scaling_match_the_server():
     assert _kind("PodDisruptionBudget")["mlops-serve"]["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
     headless = _kind("Service")["mlops-serve-headless"]
     assert headless["spec"]["clusterIP"] == "None"
+
+
+def test_the_k8s_launcher_gives_run_pods_the_serving_token(instance_env, tmp_path):
+    """The Job the K8sRunLauncher creates for a run, rendered by dagster-k8s itself: its container reads the
+    token Secret, and the Job passes Kubernetes' schemas. A throwaway kubeconfig: no cluster is reached."""
+    import kubernetes
+    import kubernetes_validate
+    from dagster._core.launcher import RunLauncher
+    from dagster._core.storage.dagster_run import DagsterRun
+    from dagster._serdes import ConfigurableClassData
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import construct_dagster_k8s_job
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+                "users": [{"name": "test", "user": {}}],
+            }
+        )
+    )
+    section = _load(K8S_INSTANCE)["run_launcher"]
+    config = {**section["config"], "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)}
+    launcher = ConfigurableClassData(section["module"], section["class"], yaml.safe_dump(config)).rehydrate(
+        as_type=RunLauncher
+    )
+    context = K8sContainerContext.create_for_run(
+        DagsterRun(job_name="training_job", run_id="0123456789abcdef"), launcher, include_run_tags=False
+    )
+    job = construct_dagster_k8s_job(
+        job_config=context.get_k8s_job_config(job_image=_settings()["DAGSTER_CURRENT_IMAGE"], run_launcher=launcher),
+        args=["dagster", "api", "execute_run", "{}"],
+        job_name="dagster-run-0123456789abcdef",
+        component="run_worker",
+        user_defined_k8s_config=context.run_k8s_config,
+    )
+    manifest = kubernetes.client.ApiClient().sanitize_for_serialization(job)
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(manifest, version, strict=True)
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": TOKEN_SECRET}} in container["envFrom"]
+    assert ADMIN_SECRET not in yaml.safe_dump(manifest)
+    # envFrom names each variable after its key: the key the serving pods read is the variable the run reads.
+    token = {e["name"]: e for e in _serving_pod()["containers"][0]["env"]}["MLOPS_SERVE_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"]["key"] == "MLOPS_SERVE_TOKEN"
+
+
+# --- serving: shutdown, probes, secrets, approval, disk --------------------------------------------
+
+
+def test_the_serving_pod_is_killed_only_after_the_server_has_exited(monkeypatch):
+    pod = _serving_pod()
+    container = pod["containers"][0]
+    served = _served(_k8s_serving_env(), monkeypatch)
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    # The hook runs the image's python (first on its PATH: the venv the tests run in, built the same way).
+    assert command[:2] == ["python", "-c"] and _image_env()["PATH"].startswith("/opt/venv/bin:")
+    assert (Path(sys.executable).parent / "python").exists()
+    match = re.fullmatch(r"import time; time\.sleep\((\d+(?:\.\d+)?)\)", command[2])
+    assert match, command
+    pre_stop = float(match[1])
+    # Endpoints controller, kube-proxy and L7 proxies need a few seconds to drop a terminating pod.
+    assert pre_stop >= 5
+    # The kubelet counts terminationGracePeriodSeconds from the start of preStop, then sends SIGKILL.
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + served.grace_period + HARD_DEADLINE_S, (
+        f"SIGKILL at {pod['terminationGracePeriodSeconds']} s, before preStop {pre_stop} s + grace "
+        f"{served.grace_period} s + hard deadline {HARD_DEADLINE_S} s"
+    )
+
+
+def test_the_ecs_serving_task_is_killed_only_after_the_server_has_exited(monkeypatch):
+    container = _ecs_serving()["containerDefinitions"][0]
+    served = _served(_ecs_serving_env(), monkeypatch)
+    # ECS deregisters the task from its target group and waits the deregistration delay before SIGTERM
+    # (no preStop needed); stopTimeout then runs from SIGTERM to SIGKILL, at most 120 s on Fargate.
+    assert served.grace_period + HARD_DEADLINE_S <= container["stopTimeout"] <= 120
+
+
+@pytest.mark.parametrize("platform", ["k8s", "ecs"])
+def test_liveness_confirms_the_servers_own_stall_verdict(platform, monkeypatch):
+    """/health turns 503 only after MLOPS_SERVE_STALL_TIMEOUT without progress; the probe only confirms it."""
+    if platform == "k8s":
+        served = _served(_k8s_serving_env(), monkeypatch)
+        probe = _serving_pod()["containers"][0]["livenessProbe"]
+        period, timeout, failures = probe["periodSeconds"], probe["timeoutSeconds"], probe["failureThreshold"]
+        assert probe["httpGet"] == {"path": "/health", "port": "http-metrics"}
+        ready = _serving_pod()["containers"][0]["readinessProbe"]
+        assert ready["httpGet"] == {"path": "/ready", "port": "http-metrics"}
+        # Traffic leaves a pod that stops answering before the pod is restarted.
+        assert ready["failureThreshold"] * ready["periodSeconds"] <= failures * period
+        assert ready["timeoutSeconds"] < ready["periodSeconds"]
+    else:
+        served = _served(_ecs_serving_env(), monkeypatch)
+        check = _ecs_serving()["containerDefinitions"][0]["healthCheck"]
+        period, timeout, failures = check["interval"], check["timeout"], check["retries"]
+        # The image's HEALTHCHECK command, which asks mlops-serve's /health.
+        assert check["command"] == ["CMD", *parse_dockerfile().final.last("HEALTHCHECK").exec_form()]
+    assert timeout < period and failures >= 2
+    # Slow answers on a busy but live server must last a whole stall timeout before they restart it ...
+    assert failures * period >= served.stall_timeout
+    # ... and a wedged worker is restarted within three stall timeouts of its last progress.
+    assert served.stall_timeout + failures * period <= 3 * served.stall_timeout
+
+
+def test_the_serving_token_is_required_and_the_admin_token_optional_and_separate():
+    env = {e["name"]: e for e in _serving_pod()["containers"][0]["env"]}
+    token = env["MLOPS_SERVE_TOKEN"]["valueFrom"]["secretKeyRef"]
+    # A missing Secret keeps the pod from starting, instead of serving without authentication.
+    assert token == {"name": TOKEN_SECRET, "key": "MLOPS_SERVE_TOKEN", "optional": False}
+    # Without the admin token the control plane is off: optional by design, and in a Secret of its own,
+    # because the run pods receive every key of the token's Secret.
+    admin = env["MLOPS_SERVE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert admin == {"name": ADMIN_SECRET, "key": "MLOPS_SERVE_ADMIN_TOKEN", "optional": True}
+    # On ECS the token is a Secrets Manager reference, never a plain value in the task definition.
+    container = _ecs_serving()["containerDefinitions"][0]
+    secrets = {s["name"]: s["valueFrom"] for s in container["secrets"]}
+    assert secrets["MLOPS_SERVE_TOKEN"].startswith("arn:aws:secretsmanager:")
+    assert not {e["name"] for e in container["environment"]} & {"MLOPS_SERVE_TOKEN", "MLOPS_SERVE_ADMIN_TOKEN"}
+
+
+@pytest.mark.parametrize("platform", ["k8s", "ecs"])
+def test_production_serving_serves_only_approved_versions(platform, monkeypatch):
+    env = _k8s_serving_env() if platform == "k8s" else _ecs_serving_env()
+    assert env["MLOPS_SERVE_REQUIRE_APPROVAL"] == "1"
+    assert _served(env, monkeypatch).require_approval is True
+
+
+def test_the_serving_state_volume_holds_the_bounded_prediction_log(monkeypatch):
+    pod = _serving_pod()
+    env = _k8s_serving_env()
+    served = _served(env, monkeypatch)
+    # Set explicitly, so the bound sits beside the limit it must fit (a default could move under it).
+    assert int(env["MLOPS_PREDICTION_LOG_MAX_TOTAL_BYTES"]) == served.prediction_log_max_total_bytes > 0
+    assert served.prediction_log_dir is None and served.cache_dir is None  # both under $MLOPS_HOME
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[_image_env()["MLOPS_HOME"]])
+    size_limit = _bytes(volume["emptyDir"]["sizeLimit"])  # past it the kubelet evicts the pod
+    # Closed segments are capped by the bound; each worker's open segment (up to max_bytes) comes on top,
+    # and the downloaded model versions share the volume.
+    open_segments = served.workers * served.prediction_log_max_bytes
+    model_cache = 256 * 2**20
+    assert size_limit >= served.prediction_log_max_total_bytes + open_segments + model_cache
+
+
+def test_the_ecs_serving_task_definition_matches_the_api_and_the_k8s_deployment(monkeypatch):
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    from serving.server import ServeConfig, build_parser
+
+    definition = _ecs_serving()
+    shape = botocore.session.get_session().get_service_model("ecs").operation_model("RegisterTaskDefinition")
+    report = ParamValidator().validate(definition, shape.input_shape)  # what `aws ecs register-...` checks
+    assert not report.has_errors(), report.generate_report()
+    [container] = definition["containerDefinitions"]
+    assert container["command"] == ["mlops-serve"] and container["user"] == f"{IMAGE_UID}:{IMAGE_UID}"
+    assert container["readonlyRootFilesystem"] is True
+    assert {m["containerPath"] for m in container["mountPoints"]} == {_image_env()["MLOPS_HOME"], "/tmp"}
+    ports = {p["name"]: p["containerPort"] for p in container["portMappings"]}
+    assert ports == {"grpc": ServeConfig().port, "http-metrics": ServeConfig().metrics_port}
+    image = _kustomization()["images"][0]
+    assert container["image"] == f"{image['newName']}:{image['newTag']}"
+    # Every variable is one mlops-serve reads, and both platforms configure the same server.
+    documented = set(re.findall(r"\[([A-Z][A-Z0-9_]+)", build_parser().format_help()))
+    assert set(_ecs_serving_env()) <= documented, sorted(set(_ecs_serving_env()) - documented)
+    ecs, k8s = vars(_served(_ecs_serving_env(), monkeypatch)), vars(_served(_k8s_serving_env(), monkeypatch))
+    differ = {name for name in ecs if ecs[name] != k8s[name]}
+    assert differ <= {"tracking_uri"}, {name: (ecs[name], k8s[name]) for name in differ}

@@ -64,3 +64,29 @@ def test_the_code_location_loads_in_prod_without_any_setting(clean_env):
     definitions = defs()
     definitions.get_repository_def().load_all_definitions()  # resolves every asset's resource requirements
     assert isinstance(definitions.resources["io_manager"], dg.ConfigurableIOManager)
+
+
+def test_prod_requires_the_serving_token_wherever_a_server_is_named(clean_env):
+    # The code server loads definitions without the secret; the run pod or task that executes them has it.
+    clean_env.setenv("MLOPS_ENV", "prod")
+    clean_env.setenv("MLOPS_SERVING_URL", "mlops-serve:8001")
+    serving = resources.defs().resources["serving"]
+    assert serving.url == "mlops-serve:8001"
+    assert isinstance(serving.token, dg.EnvVar) and serving.token == "MLOPS_SERVE_TOKEN"
+    # A run without it fails before any step, naming the variable, instead of calling the server unauthenticated.
+    missing = pytest.raises(dg.DagsterInvalidConfigError, match="MLOPS_SERVE_TOKEN")
+    with missing, dg.build_resources({"serving": serving}):
+        pass
+    clean_env.setenv("MLOPS_SERVE_TOKEN", "s3cret")
+    with dg.build_resources({"serving": serving}) as built:
+        assert built.serving.headers() == {"authorization": "Bearer s3cret"}
+
+
+def test_local_sends_the_token_only_where_it_is_set(clean_env, tmp_path):
+    clean_env.setenv("MLOPS_SERVING_URL", "127.0.0.1:8001")
+    assert resources.local_resources(tmp_path)["serving"].token is None  # `make serve` without --token
+    clean_env.setenv("MLOPS_SERVE_TOKEN", "s3cret")
+    serving = resources.local_resources(tmp_path)["serving"]
+    assert isinstance(serving.token, dg.EnvVar) and serving.token == "MLOPS_SERVE_TOKEN"
+    with dg.build_resources({"serving": serving}) as built:
+        assert built.serving.headers() == {"authorization": "Bearer s3cret"}
