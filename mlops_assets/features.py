@@ -71,15 +71,20 @@ def load_features(store: ArtifactStore, partitions: list[str]) -> pd.DataFrame:
     return pd.concat([store.read_frame(features_key(p)) for p in partitions], ignore_index=True)
 
 
-def _check_result(check: str, result: checks.ContractResult) -> dg.AssetCheckResult:
+def _check_result(check: str, result: checks.ContractResult, month: str) -> dg.AssetCheckResult:
     failures = result.failures_for(check)
     table = "\n".join(f"| {f.expectation} | {f.column} | {f.observed} |" for f in failures)
-    metadata = {"expectations_run": result.evaluated[check], "failed": len(failures)}
+    metadata = {"month": month, "expectations_run": result.evaluated[check], "failed": len(failures)}
     if failures:
         metadata["failed_columns"] = ", ".join(sorted({f.column for f in failures}))
         metadata["failures"] = dg.MetadataValue.md("| expectation | column | observed |\n|---|---|---|\n" + table)
+    verdict = f"failed on {metadata['failed_columns']}" if failures else "passed"
     return dg.AssetCheckResult(
-        check_name=check, passed=not failures, metadata=metadata, severity=dg.AssetCheckSeverity.ERROR
+        check_name=check,
+        passed=not failures,
+        metadata=metadata,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{month}: {verdict}",
     )
 
 
@@ -88,7 +93,10 @@ def _check_result(check: str, result: checks.ContractResult) -> dg.AssetCheckRes
     group_name="features",
     kinds={"great_expectations", "parquet"},
     check_specs=[
-        dg.AssetCheckSpec(name, asset="validated_features", blocking=True, description=description)
+        # Partitioned: each result says which month it judged, and a bad month marks only itself.
+        dg.AssetCheckSpec(
+            name, asset="validated_features", blocking=True, description=description, partitions_def=monthly_partitions
+        )
         for name, description in checks.CHECK_DESCRIPTIONS.items()
     ],
 )
@@ -106,7 +114,7 @@ def validated_features(
     result = checks.validate(
         features, max_null_fraction=config.max_null_fraction, min_rows=config.min_rows, range_mostly=config.range_mostly
     )
-    check_results = [_check_result(check, result) for check in checks.CHECK_DESCRIPTIONS]
+    check_results = [_check_result(check, result, partition) for check in checks.CHECK_DESCRIPTIONS]
     if result.failures:
         store.delete(features_key(partition))
         path = store.write_frame(quarantine_key(partition), features)

@@ -242,6 +242,16 @@ def test_local_defaults_stay_embedded():
     assert not {"storage", "run_storage", "event_log_storage", "run_launcher", "compute_logs"} & set(local)
 
 
+@pytest.mark.parametrize("path", [DEPLOY / "local" / "dagster.yaml", ECS_INSTANCE, K8S_INSTANCE])
+def test_every_instance_runs_one_retraining_at_a_time(path):
+    from sensors.guard import RETRAINING_TAG
+
+    config = _load(path)
+    limits = config["run_queue"] if "run_queue" in config else config["concurrency"]["runs"]
+    retraining = [limit for limit in limits["tag_concurrency_limits"] if limit["key"] == RETRAINING_TAG]
+    assert retraining == [{"key": RETRAINING_TAG, "value": "true", "limit": 1}]
+
+
 # --- Kubernetes ------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """monitoring_sensor's conditions on a real instance: new validated features bring their month's
 drift report, new batch predictions its live-performance report; a quarantined month and a new
-champion bring nothing."""
+champion bring nothing, and a failed champion_model blocks nothing."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def test_reports_follow_new_checked_data_and_ignore_champion_moves(resources, in
     assert first.total_requested == 0  # turning the sensor on does not rerun history
 
     instance.report_runless_asset_event(dg.AssetMaterialization("champion_model"))
+    # The latest champion_model run failed (here: it has no registered_model to read). That says
+    # nothing about any month's data, so it must not hold back a single report.
+    assert not materialize(["champion_model"], resources, instance=instance, raise_on_error=False).success
     fresh = materialize(["raw_flights", "validated_features"], resources, instance=instance, partition_key="2013-02")
     assert fresh.success
     bad = tmp_path / "bad.csv"
