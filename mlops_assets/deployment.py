@@ -7,6 +7,7 @@ import numpy as np
 
 from mlops_assets import onnx_metrics
 from mlops_assets.features import load_features
+from mlops_assets.metadata import readable
 from mlops_assets.modeling import onnx_feeds
 from resources import ArtifactStore, MlflowRegistry
 from resources.serving_endpoint import ServingEndpoint
@@ -103,9 +104,11 @@ def deployment(
     """The served champion, verified: the server reports it ready and answers like onnxruntime does locally."""
     version = champion_model["version"]
     if version is None:  # the first challenger was refused: there is nothing to serve yet
-        return dg.MaterializeResult(metadata={"checked": False, "reason": "no champion yet"})
+        return dg.MaterializeResult(metadata=readable({"checked": False, "reason": "no champion yet"}))
     if not serving.url:
-        return dg.MaterializeResult(metadata={"version": version, "checked": False, "reason": "no server configured"})
+        return dg.MaterializeResult(
+            metadata=readable({"version": version, "checked": False, "reason": "no server configured"})
+        )
     ready_after = _wait_ready(serving, registry.model_name, version)
 
     month = registry.client().get_model_version(registry.model_name, version).tags["evaluation_month"]
@@ -139,14 +142,16 @@ def deployment(
         )
         latencies.append((time.perf_counter() - start) * 1e3)
     return dg.MaterializeResult(
-        metadata={
-            "version": version,
-            "checked": True,
-            "server": serving.url,
-            "ready_after_s": ready_after,
-            "smoke_rows": len(rows),
-            "max_abs_diff": max_diff,
-            "latency_p50_ms": float(np.percentile(latencies, 50)),
-            "latency_p99_ms": float(np.percentile(latencies, 99)),
-        }
+        metadata=readable(
+            {
+                "version": version,
+                "checked": True,
+                "server": serving.url,
+                "ready_after_s": ready_after,
+                "smoke_rows": len(rows),
+                "max_abs_diff": max_diff,
+                "latency_p50_ms": float(np.percentile(latencies, 50)),
+                "latency_p99_ms": float(np.percentile(latencies, 99)),
+            }
+        )
     )

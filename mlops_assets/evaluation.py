@@ -4,6 +4,7 @@ import dagster as dg
 
 from mlops_assets import onnx_metrics
 from mlops_assets.features import load_features
+from mlops_assets.metadata import readable
 from resources import ArtifactStore, MlflowRegistry
 from resources.mlflow_registry import CHAMPION
 
@@ -78,12 +79,14 @@ def evaluation_report(
         metadata.update({f"champion_{key}": champion[key] for key, _ in FIGURES})
     return dg.Output(
         report,
-        metadata={
-            **metadata,
-            "evaluation_month": config.evaluation_month,
-            "rows": len(frame),
-            "candidate": winner["candidate"],
-            "champion_version": report["champion_version"] or dg.MetadataValue.null(),
-            "comparison": dg.MetadataValue.md(comparison_table(challenger, champion)),
-        },
+        metadata=readable(
+            {
+                **metadata,
+                "evaluation_month": config.evaluation_month,
+                "rows": len(frame),
+                "candidate": winner["candidate"],
+                "champion_version": report["champion_version"] or dg.MetadataValue.null(),
+                "comparison": dg.MetadataValue.md(comparison_table(challenger, champion)),
+            }
+        ),
     )

@@ -9,6 +9,7 @@ import pandas as pd
 
 from mlops_assets import checks
 from mlops_assets.features_spec import FEATURES, LATE_THRESHOLD_MINUTES, ROW_KEY, TARGET
+from mlops_assets.metadata import readable
 from mlops_assets.partitions import monthly_partitions
 from resources import ArtifactStore
 
@@ -128,10 +129,12 @@ def validated_features(
     path = store.write_frame(features_key(partition), features)
     late_rate = pd.to_numeric(features[TARGET], errors="coerce").mean() if TARGET in features else None
     yield dg.MaterializeResult(
-        metadata={
-            "rows": len(features),
-            "late_rate": float(late_rate) if pd.notna(late_rate) else dg.MetadataValue.null(),
-            "path": dg.MetadataValue.path(path),
-        },
+        metadata=readable(
+            {
+                "rows": len(features),
+                "late_rate": float(late_rate) if pd.notna(late_rate) else dg.MetadataValue.null(),
+                "path": dg.MetadataValue.path(path),
+            }
+        ),
         check_results=check_results,
     )

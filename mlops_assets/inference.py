@@ -6,6 +6,7 @@ import pandas as pd
 from mlops_assets import onnx_metrics
 from mlops_assets.features import load_features
 from mlops_assets.features_spec import ROW_KEY
+from mlops_assets.metadata import readable
 from mlops_assets.partitions import monthly_partitions
 from resources import ArtifactStore, MlflowRegistry
 from resources.mlflow_registry import CHAMPION
@@ -41,10 +42,12 @@ def batch_predictions(
         paths.append(store.write_frame(predictions_key(partition), scored))
         rows += len(scored)
     return dg.MaterializeResult(
-        metadata={
-            "model_version": version,
-            "rows": rows,
-            "months": ", ".join(context.partition_keys),
-            "paths": dg.MetadataValue.md("\n".join(f"- `{p}`" for p in paths)),
-        }
+        metadata=readable(
+            {
+                "model_version": version,
+                "rows": rows,
+                "months": ", ".join(context.partition_keys),
+                "paths": dg.MetadataValue.md("\n".join(f"- `{p}`" for p in paths)),
+            }
+        )
     )

@@ -14,6 +14,7 @@ from mlops_assets import drift, onnx_metrics
 from mlops_assets.features import load_features
 from mlops_assets.features_spec import FEATURES, ROW_KEY, TARGET
 from mlops_assets.inference import predictions_key
+from mlops_assets.metadata import readable
 from mlops_assets.partitions import monthly_partitions
 from resources import ArtifactStore, MlflowRegistry
 from resources.mlflow_registry import CHAMPION
@@ -30,7 +31,7 @@ def _link(store: ArtifactStore, key: str) -> dg.MetadataValue:
 
 
 def _number(value: float) -> float | None:
-    return None if np.isnan(value) else round(float(value), 6)
+    return None if np.isnan(value) else readable({"v": float(value)})["v"]
 
 
 def on_new_data(*triggers: str) -> dg.AutomationCondition:
@@ -200,26 +201,28 @@ def drift_report(
     )
     context.log.info(f"{context.partition_key}: drifted={drifted} share={result.drifted_share:.2f}; report {path}")
     return dg.MaterializeResult(
-        metadata={
-            "drifted": drifted,
-            "drifted_share": _number(result.drifted_share),
-            "drifted_count": result.drifted_count,
-            "drift_share_threshold": config.drift_share,
-            "drifted_columns": ", ".join(result.drifted_columns),
-            "drift_reasons": "; ".join(reasons) or "none",
-            "columns": _columns_table(result),
-            "prediction_drifted": bool(prediction and prediction.drifted),
-            "prediction_score": _number(prediction.score) if prediction else dg.MetadataValue.null(),
-            "prediction_threshold": config.prediction_threshold,
-            "champion_version": version,
-            "reference_months": ", ".join(reference_months),
-            "reference_rows": len(reference),
-            "current_rows": len(current),
-            **source,
-            "report_url": dg.MetadataValue.url(report_url),
-            "report": _link(store, drift_html_key(context.partition_key)),
-            "elapsed_s": round(time.perf_counter() - started, 3),
-        }
+        metadata=readable(
+            {
+                "drifted": drifted,
+                "drifted_share": _number(result.drifted_share),
+                "drifted_count": result.drifted_count,
+                "drift_share_threshold": config.drift_share,
+                "drifted_columns": ", ".join(result.drifted_columns),
+                "drift_reasons": "; ".join(reasons) or "none",
+                "columns": _columns_table(result),
+                "prediction_drifted": bool(prediction and prediction.drifted),
+                "prediction_score": _number(prediction.score) if prediction else dg.MetadataValue.null(),
+                "prediction_threshold": config.prediction_threshold,
+                "champion_version": version,
+                "reference_months": ", ".join(reference_months),
+                "reference_rows": len(reference),
+                "current_rows": len(current),
+                **source,
+                "report_url": dg.MetadataValue.url(report_url),
+                "report": _link(store, drift_html_key(context.partition_key)),
+                "elapsed_s": round(time.perf_counter() - started, 3),
+            }
+        )
     )
 
 
@@ -312,17 +315,21 @@ def live_performance(
         "brier_margin": config.brier_margin,
     }
     return dg.MaterializeResult(
-        metadata={
-            **figures,
-            "degraded": degraded,
-            "reason": reason,
-            "model_version": version,
-            "evaluation_month": tags.get("evaluation_month", "unknown"),
-            "labelled_rows": len(joined),
-            "predictions": len(predictions),
-            "calibration": dg.MetadataValue.md(
-                "| score bin | rows | mean score | observed late rate |\n|---|---|---|---|\n"
-                + "\n".join(f"| {b['bin']} | {b['rows']} | {b['predicted']:.3f} | {b['observed']:.3f} |" for b in bins)
-            ),
-        },
+        metadata=readable(
+            {
+                **figures,
+                "degraded": degraded,
+                "reason": reason,
+                "model_version": version,
+                "evaluation_month": tags.get("evaluation_month", "unknown"),
+                "labelled_rows": len(joined),
+                "predictions": len(predictions),
+                "calibration": dg.MetadataValue.md(
+                    "| score bin | rows | mean score | observed late rate |\n|---|---|---|---|\n"
+                    + "\n".join(
+                        f"| {b['bin']} | {b['rows']} | {b['predicted']:.3f} | {b['observed']:.3f} |" for b in bins
+                    )
+                ),
+            }
+        ),
     )

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from mlops_assets.metadata import readable
 from resources import MlflowRegistry
 from resources.mlflow_registry import CHALLENGER, CHAMPION
 
@@ -80,13 +81,15 @@ def registered_model(
     registry.client().set_registered_model_alias(registry.model_name, CHALLENGER, version)
     return dg.Output(
         {"version": version, **tags, "evaluation": evaluation_report},
-        metadata={
-            "model_name": registry.model_name,
-            "version": version,
-            "alias": CHALLENGER,
-            # The figures stay in the tags and the scorecard asset; the UI shows the verdict.
-            **{k: v for k, v in tags.items() if not k.startswith("scorecard_") or k in SCORECARD_SUMMARY},
-        },
+        metadata=readable(
+            {
+                "model_name": registry.model_name,
+                "version": version,
+                "alias": CHALLENGER,
+                # The figures stay in the tags and the scorecard asset; the UI shows the verdict.
+                **{k: v for k, v in tags.items() if not k.startswith("scorecard_") or k in SCORECARD_SUMMARY},
+            }
+        ),
     )
 
 
@@ -138,16 +141,18 @@ def promotion_gate(config: PromotionConfig, registered_model: dict, registry: Ml
         passed=passed,
         severity=dg.AssetCheckSeverity.ERROR if passed else dg.AssetCheckSeverity.WARN,
         description=f"{decision}: {reason}",
-        metadata={
-            "decision": decision,
-            "reason": reason,
-            "challenger_version": version,
-            "champion_version": current_version or dg.MetadataValue.null(),
-            "challenger_auc": report["challenger"]["auc"],
-            "champion_auc": champion_auc if champion_auc is not None else dg.MetadataValue.null(),
-            "auc_margin": config.auc_margin,
-            "auc_floor": config.auc_floor,
-        },
+        metadata=readable(
+            {
+                "decision": decision,
+                "reason": reason,
+                "challenger_version": version,
+                "champion_version": current_version or dg.MetadataValue.null(),
+                "challenger_auc": report["challenger"]["auc"],
+                "champion_auc": champion_auc if champion_auc is not None else dg.MetadataValue.null(),
+                "auc_margin": config.auc_margin,
+                "auc_floor": config.auc_floor,
+            }
+        ),
     )
 
 
@@ -186,14 +191,16 @@ def champion_model(
             "challenger_version": challenger,
             "reason": reason,
         },
-        metadata={
-            "decision": decision,
-            "summary": summary,
-            "version": champion or dg.MetadataValue.null(),
-            "previous_version": previous_version or dg.MetadataValue.null(),
-            "challenger_version": challenger,
-            "reason": reason,
-            # Read by the retraining sensors: which model a verdict must be about, and the months it knows.
-            "train_months": champion_tags.get("train_months", ""),
-        },
+        metadata=readable(
+            {
+                "decision": decision,
+                "summary": summary,
+                "version": champion or dg.MetadataValue.null(),
+                "previous_version": previous_version or dg.MetadataValue.null(),
+                "challenger_version": challenger,
+                "reason": reason,
+                # Read by the retraining sensors: which model a verdict must be about, and the months it knows.
+                "train_months": champion_tags.get("train_months", ""),
+            }
+        ),
     )

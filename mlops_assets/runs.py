@@ -6,6 +6,10 @@ import dagster as dg
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+def _run_config(ops: dict[str, dict] | None) -> dict:
+    return {**QUIET, "ops": {name: {"config": cfg} for name, cfg in (ops or {}).items()}}
+
+
 def materialize(
     selection,
     *,
@@ -23,6 +27,28 @@ def materialize(
         selection=selection,
         resources=resources,
         instance=instance,
-        run_config={**QUIET, "ops": {name: {"config": cfg} for name, cfg in (ops or {}).items()}},
+        run_config=_run_config(ops),
         **kwargs,
     )
+
+
+def execute_job(
+    name: str,
+    *,
+    resources: dict,
+    instance: dg.DagsterInstance,
+    ops: dict[str, dict] | None = None,
+    **kwargs,
+) -> dg.ExecuteInProcessResult:
+    """One of the code location's named jobs (features_job, training_job, ...), run in process, so
+    the run shows in the UI under the job's name."""
+    from mlops_assets.definitions import defs
+
+    definitions = defs()
+    job = dg.Definitions(
+        assets=definitions.assets,
+        asset_checks=definitions.asset_checks,
+        jobs=definitions.jobs,
+        resources=resources,
+    ).resolve_job_def(name)
+    return job.execute_in_process(run_config=_run_config(ops), instance=instance, **kwargs)

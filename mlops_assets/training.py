@@ -6,6 +6,7 @@ import numpy as np
 from mlops_assets import modeling, onnx_metrics
 from mlops_assets.features import load_features
 from mlops_assets.lineage import data_hash, git_commit
+from mlops_assets.metadata import readable
 from resources import ArtifactStore, MlflowRegistry
 
 PARITY_TOLERANCE = 1e-5
@@ -70,21 +71,23 @@ def trained_model(
     }
     return dg.Output(
         info,
-        metadata={
-            "mlflow_run_id": run_id,
-            "val_auc": best["val_auc"],
-            "best_epoch": result.best_epoch,
-            "train_rows": len(train_frame),
-            "parameters": info["parameters"],
-            "data_hash": lineage["data_hash"],
-            "git_commit": lineage["git_commit"],
-            "history": dg.MetadataValue.md(
-                "| epoch | train loss | val AUC |\n|---|---|---|\n"
-                + "\n".join(
-                    f"| {int(r['epoch'])} | {r['train_loss']:.4f} | {r['val_auc']:.4f} |" for r in result.history
-                )
-            ),
-        },
+        metadata=readable(
+            {
+                "mlflow_run_id": run_id,
+                "val_auc": best["val_auc"],
+                "best_epoch": result.best_epoch,
+                "train_rows": len(train_frame),
+                "parameters": info["parameters"],
+                "data_hash": lineage["data_hash"],
+                "git_commit": lineage["git_commit"],
+                "history": dg.MetadataValue.md(
+                    "| epoch | train loss | val AUC |\n|---|---|---|\n"
+                    + "\n".join(
+                        f"| {int(r['epoch'])} | {r['train_loss']:.4f} | {r['val_auc']:.4f} |" for r in result.history
+                    )
+                ),
+            }
+        ),
     )
 
 
@@ -163,17 +166,19 @@ def onnx_model(
     }
     yield dg.Output(
         info,
-        metadata={
-            "path": dg.MetadataValue.path(path),
-            "network_path": dg.MetadataValue.path(network_path),
-            "model_uri": model_uri,
-            "size_bytes": len(onnx_bytes),
-            "parameters": info["parameters"],
-            "inputs": ", ".join(i.name for i in onnx_metrics.session(onnx_bytes).get_inputs()),
-        },
+        metadata=readable(
+            {
+                "path": dg.MetadataValue.path(path),
+                "network_path": dg.MetadataValue.path(network_path),
+                "model_uri": model_uri,
+                "size_bytes": len(onnx_bytes),
+                "parameters": info["parameters"],
+                "inputs": ", ".join(i.name for i in onnx_metrics.session(onnx_bytes).get_inputs()),
+            }
+        ),
     )
     yield dg.AssetCheckResult(
         check_name="onnx_parity",
         passed=max_diff <= PARITY_TOLERANCE,
-        metadata={"max_abs_diff": max_diff, "tolerance": PARITY_TOLERANCE, "rows": len(rows)},
+        metadata=readable({"max_abs_diff": max_diff, "tolerance": PARITY_TOLERANCE, "rows": len(rows)}),
     )

@@ -118,8 +118,12 @@ class MlflowRegistry(dg.ConfigurableResource):
                 path.write_bytes(data)
                 client.log_artifact(run.info.run_id, str(path))
         client.set_terminated(run.info.run_id)
-        first = next(iter(files))
-        return f"{self.ui_url()}/#/experiments/{experiment_id}/runs/{run.info.run_id}/artifactPath/{first}"
+        return self.artifact_url(run.info.run_id, next(iter(files)), experiment_id)
+
+    def artifact_url(self, run_id: str, path: str, experiment_id: str | None = None) -> str:
+        """The MLflow UI page that shows one artifact of a run (HTML and images render inline there)."""
+        experiment_id = experiment_id or self.client().get_run(run_id).info.experiment_id
+        return f"{self.ui_url()}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{path}"
 
     def _monitoring_artifacts(self) -> str | None:
         if self.artifact_location is None:

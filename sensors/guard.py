@@ -1,8 +1,9 @@
 """The one guard in front of retraining, shared by drift_sensor, live_performance_sensor and monthly_retraining.
 
 - One retraining at a time: any `training_job` run in flight holds every trigger.
-- One cooldown: the newest finished (or in-flight) `training_job` run, whoever launched it (a sensor,
-  the schedule, the demo, a person in the UI), starts it; a canceled run does not count.
+- One cooldown: the newest retraining (a `training_job` run that drift_sensor, live_performance_sensor
+  or monthly_retraining launched, finished or in flight) starts it for all three; a canceled run does
+  not count. A first training, by the demo or a person, is not a retraining and starts none.
 - A verdict counts only when it is about the serving champion and about data the champion has not
   learnt from. Reports made against an older champion, and reports on months inside or before the
   champion's training window (a backfill after a retraining re-judges those), never trigger the next
@@ -28,6 +29,7 @@ IN_FLIGHT = [
     dg.DagsterRunStatus.STARTED,
 ]
 COUNTED = [*IN_FLIGHT, dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
+RETRAINING_TRIGGERS = ["drift_sensor", "live_performance_sensor", "monthly_retraining"]
 
 
 def iso(ts: float) -> str:
@@ -41,7 +43,8 @@ def held_by_runs(instance: dg.DagsterInstance, cooldown_seconds: float, now: flo
         run = running[0]
         trigger = run.tags.get("mlops/trigger", "a person")
         return f"{TRAINING_JOB} run {run.run_id} (from {trigger}) is {run.status.value}: held until it finishes"
-    records = instance.get_run_records(filters=dg.RunsFilter(job_name=TRAINING_JOB, statuses=COUNTED), limit=1)
+    retrainings = dg.RunsFilter(job_name=TRAINING_JOB, statuses=COUNTED, tags={"mlops/trigger": RETRAINING_TRIGGERS})
+    records = instance.get_run_records(filters=retrainings, limit=1)
     if records:
         created = records[0].create_timestamp.timestamp()
         if now - created < cooldown_seconds:

@@ -110,3 +110,9 @@ def test_training_runs_carry_the_tag_the_run_queue_limits():
     assert {j.name for j in defs().resolve_all_job_defs()} >= {
         "features_job", "training_job", "batch_inference_job", "monitoring_job"
     }  # fmt: skip
+
+
+def test_a_first_training_is_not_a_retraining_and_starts_no_cooldown(instance):
+    training_run(instance, dg.DagsterRunStatus.SUCCESS, "demo")
+    report_drift(instance, "2013-11", drifted=True)
+    assert len(tick(drift_sensor, instance).run_requests) == 1

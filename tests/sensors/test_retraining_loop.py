@@ -1,8 +1,11 @@
 """The whole loop on one embedded instance: drift -> drift_sensor -> retraining run -> promotion decision."""
 
+from datetime import UTC, datetime
+
 import dagster as dg
 import pytest
 
+from mlops_assets.definitions import defs
 from mlops_assets.demo_monitoring import run_monitoring_loop
 from resources.mlflow_registry import CHAMPION
 from tests.conftest import materialize, training_ops
@@ -42,3 +45,29 @@ def test_drift_triggers_a_retraining_run_that_reaches_a_promotion_decision(home,
         # The newest drifted month is measured again against whichever model is champion now.
         assert f"after retraining, against v{champion}: {SHIFTED}" in text
         assert "drift_sensor next tick: " in text
+        assert_the_daemon_carries_on(instance)
+
+
+def assert_the_daemon_carries_on(instance: dg.DagsterInstance) -> None:
+    """What `make ui` does next: the daemon ticks every sensor and the schedule with the state it has
+    (no cursor: the loop ran in process), several times. It must request nothing the loop handled."""
+    definitions = defs()
+    for name in ("drift_sensor", "live_performance_sensor"):
+        sensor, cursor = definitions.get_sensor_def(name), None
+        for _ in range(3):
+            with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=definitions) as context:
+                result = sensor.evaluate_tick(context)
+            assert not result.run_requests, f"{name}: {result.run_requests}"
+            cursor = result.cursor
+    schedule = definitions.resolve_schedule_def("monthly_retraining")
+    with dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime(2014, 1, 1, 4, tzinfo=UTC)
+    ) as context:
+        assert not schedule.evaluate_tick(context).run_requests
+    cursor = None
+    for _ in range(2):
+        result = dg.evaluate_automation_conditions(
+            defs=definitions, instance=instance, asset_selection=dg.AssetSelection.groups("monitoring"), cursor=cursor
+        )
+        assert result.total_requested == 0
+        cursor = result.cursor
