@@ -155,6 +155,7 @@ class ServerStats:
     log_dropped: dict[str, int] = field(default_factory=dict)  # reason -> prediction log records lost
     log_evicted_bytes: int = 0  # closed segments deleted by the retention limit
     loaded: Callable[[], Iterable[dict]] = lambda: ()  # the repository's loaded versions
+    registry: Callable[[], dict | None] = lambda: None  # the registry mirror's poll status
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def model(self, name: str, version: str) -> ModelStats:
@@ -200,6 +201,7 @@ class ServerStats:
                 "evicted_bytes": self.log_evicted_bytes,
             },
             "loaded": list(self.loaded()),
+            "registry": self.registry(),
         }
 
 
@@ -269,6 +271,10 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
         "unknown_model_failures": {},
         "log": {"written": 0, "dropped": {}, "evicted_bytes": 0},
         "loaded": [],
+        # Every worker reads the one mirror's counters: report the freshest, never a sum.
+        "registry": max(
+            (s["registry"] for s in snapshots if s.get("registry")), key=lambda r: r["polls"], default=None
+        ),
     }
     failures: dict[tuple[str, str], int] = {}
     loaded = set()
@@ -368,6 +374,35 @@ def render(snapshot: dict, supervisor: dict | None = None) -> bytes:
     for model, reason, n in snapshot["swap_failures"]:
         failed.add_metric([model, reason], n)
     families.append(failed)
+    registry = snapshot.get("registry")
+    if registry:
+        from prometheus_client.core import SummaryMetricFamily
+
+        polls = CounterMetricFamily("mlops_serve_registry_polls", "Registry polls by the registry mirror")
+        polls.add_metric([], registry["polls"])
+        poll_failures = CounterMetricFamily(
+            "mlops_serve_registry_poll_failures", "Registry polls that met an unreachable registry or a failed download"
+        )
+        poll_failures.add_metric([], registry["failures"])
+        poll_duration = SummaryMetricFamily(
+            "mlops_serve_registry_poll_duration_seconds",
+            "Time a registry poll takes, downloads included",
+            count_value=registry["polls"],
+            sum_value=registry["duration_seconds"],
+        )
+        last_success = GaugeMetricFamily(
+            "mlops_serve_registry_last_success_timestamp_seconds", "Unix time of the last registry poll without errors"
+        )
+        if registry["last_success"] is not None:
+            last_success.add_metric([], registry["last_success"])
+        stale = GaugeMetricFamily(
+            "mlops_serve_registry_alias_stale",
+            "1 while an alias serves a version the registry does not confirm (outage, alias gone, new version refused)",
+            labels=["alias"],
+        )
+        for alias, value in sorted(registry["stale"].items()):
+            stale.add_metric([alias], value)
+        families += [polls, poll_failures, poll_duration, last_success, stale]
     unknown = CounterMetricFamily(
         "mlops_serve_rejected_requests", "Inference requests refused before reaching a model", labels=["code"]
     )

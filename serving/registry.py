@@ -1,18 +1,20 @@
 """Where model versions come from, and the thread that follows them.
 
-`MlflowSource` resolves a registered model's aliases (`champion`, optionally `challenger`) with
-`MlflowClient.get_model_version_by_alias` and downloads a version's artifacts to a local cache.
-`PathSource` serves one ONNX file without MLflow (benchmarks, smoke tests). `RegistryFollower`
-polls a source at a fixed interval in a background thread and hands new versions to the
-repository; loading, checking and warming up happen in that thread, never on the event loop.
+`ManifestSource` follows the manifest of the registry mirror (`serving.mirror`), the one process
+that talks to MLflow: workers only read a small JSON file, so they never import mlflow.
+`PathSource` serves one ONNX file without a registry (benchmarks, smoke tests). `RegistryFollower`
+checks its source in a background thread and hands new versions to the repository; loading,
+checking and warming up happen in that thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from serving.errors import ModelLoadError
@@ -20,16 +22,8 @@ from serving.repository import ModelRepository
 
 log = logging.getLogger("serving.registry")
 
-
-def find_onnx(folder: Path) -> Path:
-    """The ONNX file inside a downloaded model folder (mlflow's onnx flavor writes model.onnx)."""
-    folder = Path(folder)
-    if folder.is_file():
-        return folder
-    candidates = sorted(folder.rglob("*.onnx"), key=lambda p: (len(p.parts), p.name != "model.onnx", str(p)))
-    if not candidates:
-        raise FileNotFoundError(f"no .onnx file under {folder}")
-    return candidates[0]
+FOLLOW_INTERVAL = 0.25  # seconds between checks of the source; a manifest check is one stat()
+FORCED_POLL_WAIT = 10.0  # seconds a forced poll waits for the mirror's answer
 
 
 class PathSource:
@@ -40,11 +34,20 @@ class PathSource:
         self.version = str(version)
         self.default_alias = default_alias
 
+    def refresh(self, force: bool = False) -> list[str]:
+        return []
+
     def resolve(self, name: str, alias: str) -> str | None:
         return self.version if alias == self.default_alias else None
 
     def fetch(self, name: str, version: str) -> tuple[Path, str]:
         return self.path, str(self.path)
+
+    def refusals(self) -> dict[str, dict]:
+        return {}
+
+    def status(self) -> dict | None:
+        return None
 
     def describe(self) -> str:
         return str(self.path)
@@ -53,61 +56,103 @@ class PathSource:
         pass
 
 
-class MlflowSource:
-    """Registered model versions in an MLflow registry, downloaded to `cache_dir/<name>/<version>`."""
+class ManifestSource:
+    """The versions the registry mirror downloaded and verified, as its manifest lists them.
 
-    def __init__(self, tracking_uri: str | None, cache_dir: str | Path, registry_uri: str | None = None):
-        self.tracking_uri = tracking_uri
-        self.registry_uri = registry_uri or tracking_uri
-        self.cache_dir = Path(cache_dir)
-        self._client = None
+    The manifest is re-read only when it changes; until the mirror writes its first one, no alias
+    resolves. `mirror` is the mirror process this source owns (single-process servers), if any.
+    """
 
-    @property
-    def client(self):
-        if self._client is None:
-            import mlflow
+    def __init__(self, path: str | Path, mirror=None):
+        self.path = Path(path)
+        self.mirror = mirror
+        self._manifest: dict = {}
+        self._stamp = None
 
-            self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
-        return self._client
+    def refresh(self, force: bool = False) -> list[str]:
+        """Read the newest manifest (after a poll of the registry, when forced); the mirror's errors."""
+        if force:
+            self._request_poll()
+        else:
+            self._read()
+        return list(self._manifest.get("status", {}).get("errors", []))
+
+    def _read(self) -> None:
+        try:
+            st = os.stat(self.path)
+            if (st.st_ino, st.st_mtime_ns) != self._stamp:
+                self._manifest = json.loads(self.path.read_text())
+                self._stamp = (st.st_ino, st.st_mtime_ns)
+        except (OSError, ValueError):
+            pass  # not written yet: keep what we have
+
+    def _request_poll(self) -> None:
+        from serving.mirror import poll_request_path
+
+        asked = time.time()
+        request = poll_request_path(self.path)
+        tmp = request.with_name(f"{request.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{asked} {os.getpid()}\n")
+        os.replace(tmp, request)
+        deadline = time.monotonic() + FORCED_POLL_WAIT
+        while time.monotonic() < deadline:
+            self._read()
+            # The mirror stamps each manifest with the start of its poll: one that started after
+            # the request saw the registry as it is now.
+            if (self._manifest.get("status", {}).get("poll_started") or 0) >= asked:
+                return
+            time.sleep(0.05)
+        log.warning("the registry mirror did not answer a forced poll in time", extra={"manifest": str(self.path)})
 
     def resolve(self, name: str, alias: str) -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            version = self.client.get_model_version_by_alias(name, alias)
-        except MlflowException as exc:
-            if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None  # no such model or alias (yet)
-            raise
-        # int from the sqlite store, str over REST: always compare as strings.
-        return str(version.version)
+        if self._manifest.get("model") != name:
+            return None
+        entry = self._manifest["aliases"].get(alias)
+        return entry["version"] if entry else None
 
     def fetch(self, name: str, version: str) -> tuple[Path, str]:
-        import mlflow
+        for entry in self._manifest.get("aliases", {}).values():
+            if entry["version"] == version:
+                return Path(entry["path"]), entry["source"]
+        raise LookupError(f"version {version} is not in the registry mirror's manifest")
 
-        uri = f"models:/{name}/{version}"
-        target = self.cache_dir / name / str(version)
-        if not target.exists() or not any(target.rglob("*.onnx")):
-            target.mkdir(parents=True, exist_ok=True)
-            # Resolve the artifact location with our own client: mlflow resolves a `models:/` URI whose
-            # source is a logged model (`models:/m-...`) against its process-global tracking URI.
-            location = self.client.get_model_version_download_uri(name, str(version))
-            mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(target))
-        return find_onnx(target), uri
+    def refusals(self) -> dict[str, dict]:
+        """Versions an alias names that the mirror refused: {version: {kind, reason, source}}."""
+        return self._manifest.get("refused", {})
+
+    def status(self) -> dict | None:
+        """The mirror's poll counters, for /metrics."""
+        manifest = self._manifest
+        if not manifest:
+            return None
+        status = manifest["status"]
+        return {
+            "polls": status["polls"],
+            "failures": status["failures"],
+            "duration_seconds": status["duration_seconds"],
+            "last_success": status["last_success"],
+            "stale": {alias: int(entry["stale"]) for alias, entry in manifest["aliases"].items()},
+        }
 
     def describe(self) -> str:
-        return str(self.tracking_uri)
+        return f"registry mirror manifest {self.path}"
 
     def close(self) -> None:
-        pass
+        if self.mirror is not None:
+            self.mirror.stop()
 
 
 def open_source(config):
-    """The source a worker follows, from its `ServeConfig`: one ONNX file, or the MLflow registry."""
+    """The source a worker follows, from its `ServeConfig`: one ONNX file, the manifest of the
+    mirror its parent started (`manifest_path`), or a mirror of its own."""
     if config.model_path:
         return PathSource(config.model_path, config.model_version, default_alias=config.aliases[0])
-    cache = config.cache_dir or str(Path(os.environ.get("MLOPS_HOME", "./.mlops")) / "serving_cache")
-    return MlflowSource(config.tracking_uri, cache, config.registry_uri)
+    if config.manifest_path:
+        return ManifestSource(config.manifest_path)
+    from serving.mirror import MirrorProcess
+
+    mirror = MirrorProcess.for_server(config)
+    return ManifestSource(mirror.manifest, mirror)
 
 
 class RegistryFollower(threading.Thread):
@@ -120,7 +165,7 @@ class RegistryFollower(threading.Thread):
         source,
         name: str,
         aliases: list[str],
-        poll_interval: float = 5.0,
+        poll_interval: float = FOLLOW_INTERVAL,
     ):
         super().__init__(name=f"follow-{name}", daemon=True)
         self.repository = repository
@@ -133,6 +178,7 @@ class RegistryFollower(threading.Thread):
         self._stop_event = threading.Event()
         self._wake = threading.Event()
         self._poll_lock = threading.Lock()
+        self._source_refused: set[str] = set()  # versions refused by the source, recorded in the repository
         repository.register(name)
 
     def run(self) -> None:
@@ -157,10 +203,16 @@ class RegistryFollower(threading.Thread):
             if force:
                 self.paused = False
                 self.repository.forget_failures(self.model_name)
+                self._source_refused.clear()
             if self.paused or self._stop_event.is_set():
                 return []
-            errors = []
+            errors = self.source.refresh(force)
             repo, name = self.repository, self.model_name
+            for version, refusal in self.source.refusals().items():
+                if version not in self._source_refused:
+                    self._source_refused.add(version)
+                    repo._refuse(name, version, refusal["source"], refusal["kind"], refusal["reason"])
+                    errors.append(refusal["reason"])
             # Resolve every alias first, so champion and challenger on one version load it once.
             wanted = {alias: self.source.resolve(name, alias) for alias in self.aliases}
             current = {e["alias"]: e["version"] for e in repo.loaded_versions() if e["model"] == name}
@@ -175,14 +227,12 @@ class RegistryFollower(threading.Thread):
                 if repo.is_loaded(name, version):
                     self._call(repo.install(repo.get(name, version), [alias]))
                     continue
-                if repo.failed(name, version):
-                    continue  # refused before; retried only by RepositoryModelLoad (force)
-                try:
-                    path, uri = self.source.fetch(name, version)
-                except Exception as exc:
-                    repo._refuse(name, version, "", "download_failed", f"cannot download the model: {exc}")
-                    errors.append(str(exc))
+                # A version the source refused and now offers (approved since) is tried; one this
+                # repository refused is retried only by RepositoryModelLoad (force).
+                if repo.failed(name, version) and version not in self._source_refused:
                     continue
+                self._source_refused.discard(version)
+                path, uri = self.source.fetch(name, version)
                 try:
                     model = repo.prepare(name, version, str(path), source=uri)
                 except ModelLoadError as exc:

@@ -52,6 +52,10 @@ class ServeConfig:
     model_path: str | None = None
     model_version: str = "1"
     poll_interval: float = 10.0
+    registry_backoff_initial: float = 1.0  # seconds before retrying a failed registry call or download
+    registry_backoff_max: float = 60.0
+    require_approval: bool = False  # serve only versions tagged promotion_decision=approved
+    manifest_path: str | None = None  # the registry mirror's manifest, set by the parent for its workers
     cache_dir: str | None = None
     batching: bool = True
     max_batch_size: int = 256
@@ -135,6 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=_env("MLOPS_SERVE_POLL_INTERVAL", d.poll_interval, float),
         help="seconds between registry polls [MLOPS_SERVE_POLL_INTERVAL]",
+    )
+    a(
+        "--registry-backoff-initial",
+        type=float,
+        default=_env("MLOPS_SERVE_REGISTRY_BACKOFF_INITIAL", d.registry_backoff_initial, float),
+        help="seconds before the first retry of a failed registry call or download; doubles on each failure "
+        "[MLOPS_SERVE_REGISTRY_BACKOFF_INITIAL]",
+    )
+    a(
+        "--registry-backoff-max",
+        type=float,
+        default=_env("MLOPS_SERVE_REGISTRY_BACKOFF_MAX", d.registry_backoff_max, float),
+        help="longest wait between retries [MLOPS_SERVE_REGISTRY_BACKOFF_MAX]",
+    )
+    a(
+        "--require-approval",
+        action=argparse.BooleanOptionalAction,
+        default=_env("MLOPS_SERVE_REQUIRE_APPROVAL", d.require_approval, bool),
+        help="serve only versions whose tag promotion_decision is 'approved' [MLOPS_SERVE_REQUIRE_APPROVAL=1|0]",
     )
     a(
         "--cache-dir",
@@ -346,8 +369,9 @@ class Worker:
             )
         # --- registry source (owned by serving.registry) ---
         source = open_source(cfg)
+        stats.registry = source.status
         aliases = [cfg.aliases[0]] if cfg.model_path else cfg.aliases
-        follower = RegistryFollower(repository, loop, source, cfg.model_name, aliases, cfg.poll_interval)
+        follower = RegistryFollower(repository, loop, source, cfg.model_name, aliases)
         # --- end registry source ---
 
         options = [
@@ -643,11 +667,14 @@ def _worker_main(config_dict: dict, index: int, states, beats) -> None:
 def run_workers(config: ServeConfig) -> int:
     from serving import logs
     from serving.metrics import merge_snapshots, read_snapshots
+    from serving.mirror import MirrorProcess  # registry mirror
 
     logs.configure(config.log_level)
     metrics_dir = Path(tempfile.mkdtemp(prefix="mlops-serve-metrics-"))
     child_config = asdict(config)
     child_config["metrics_dir"] = str(metrics_dir)
+    mirror = None if config.model_path else MirrorProcess.for_server(config)  # registry mirror
+    child_config["manifest_path"] = mirror.manifest if mirror else None  # registry mirror
     ctx = multiprocessing.get_context("spawn")  # gRPC must not be forked after it started threads
     states = ctx.Array("b", config.workers, lock=False)
     beats = ctx.Array("d", config.workers, lock=False)  # 0 until a worker's first heartbeat
@@ -755,6 +782,8 @@ def run_workers(config: ServeConfig) -> int:
             log.error("worker did not stop in time; killing it", extra={"pid": child.pid})
             child.kill()
             child.join(5)
+    if mirror is not None:  # registry mirror
+        mirror.stop()  # registry mirror
     if httpd is not None:
         httpd.shutdown()
     shutil.rmtree(metrics_dir, ignore_errors=True)

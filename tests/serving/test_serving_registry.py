@@ -16,9 +16,12 @@ from tests.serving.support import MODEL, http_get, infer_inputs, local_predict, 
 
 pytestmark = pytest.mark.timeout(240)
 
+ADMIN_TOKEN = "registry-admin"  # RepositoryIndex is on the control plane
+
 
 def index_states(client) -> dict[str, tuple[str, str]]:
-    return {m.version: (m.state, m.reason) for m in client.get_model_repository_index().models}
+    index = client.get_model_repository_index(headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    return {m.version: (m.state, m.reason) for m in index.models}
 
 
 def metric_value(text: str, prefix: str) -> float:
@@ -41,7 +44,7 @@ def test_hot_swap_under_load_has_zero_failures(serve, mlflow_registry, tmp_path)
     v2 = mlflow_registry.register(dm.flight_model(seed=1))
     assert (v1, v2) == ("1", "2")
     mlflow_registry.set_alias("champion", v1)
-    server = serve(tracking_uri=mlflow_registry.tracking_uri, poll_interval=0.2)
+    server = serve(tracking_uri=mlflow_registry.tracking_uri, poll_interval=0.2, admin_token=ADMIN_TOKEN)
 
     probe = dm.flight_rows(3, seed=5)
     expected = {
@@ -103,7 +106,7 @@ def test_hot_swap_under_load_has_zero_failures(serve, mlflow_registry, tmp_path)
 def test_broken_versions_are_refused_and_the_old_one_keeps_serving(serve, mlflow_registry, tmp_path):
     v1 = mlflow_registry.register(dm.flight_model(seed=0))
     mlflow_registry.set_alias("champion", v1)
-    server = serve(tracking_uri=mlflow_registry.tracking_uri, poll_interval=0.2)
+    server = serve(tracking_uri=mlflow_registry.tracking_uri, poll_interval=0.2, admin_token=ADMIN_TOKEN)
     client = server.client()
     probe = dm.flight_rows(2, seed=9)
     before = client.infer(MODEL, infer_inputs(probe)).as_numpy("probability")
@@ -153,7 +156,9 @@ def test_champion_and_challenger_side_by_side(serve, mlflow_registry):
     v2 = mlflow_registry.register(dm.flight_model(seed=1))
     mlflow_registry.set_alias("champion", v1)
     mlflow_registry.set_alias("challenger", v2)
-    server = serve(tracking_uri=mlflow_registry.tracking_uri, aliases=["champion", "challenger"])
+    server = serve(
+        tracking_uri=mlflow_registry.tracking_uri, aliases=["champion", "challenger"], admin_token=ADMIN_TOKEN
+    )
     client = server.client()
     wait_until(lambda: client.is_model_ready(MODEL, v2), 30, what="challenger loaded")
     probe = infer_inputs(dm.flight_rows(1))
