@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from serving.errors import InvalidInput
+from serving.errors import InvalidInput, quoted
 from serving.signature import DATATYPE_TO_NUMPY, EDGE_CASTS, ModelSignature, TensorSpec
 
 NAN_POLICIES = ("reject", "allow_nan", "allow")
@@ -128,12 +128,12 @@ def decode_inputs(
         plan = plans.get(name)
         if plan is None:
             expected = ", ".join(t.name for t in signature.inputs)
-            raise InvalidInput(f"unexpected input '{name}': the model's inputs are {expected}")
+            raise InvalidInput(f"unexpected input '{quoted(name)}': the model's inputs are {expected}")
         if name in arrays:
             raise InvalidInput(f"input '{name}' appears more than once")
         datatype = tensor.datatype
         if datatype != plan.datatype and (datatype, plan.datatype) not in EDGE_CASTS:
-            raise InvalidInput(f"input '{name}': expected datatype {plan.datatype}, got {datatype or 'none'}")
+            raise InvalidInput(f"input '{name}': expected datatype {plan.datatype}, got {quoted(datatype) or 'none'}")
         shape = tuple(tensor.shape)
         if len(shape) != plan.ndim:
             raise _shape_error(plan.spec, shape)

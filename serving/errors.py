@@ -58,6 +58,14 @@ class ModelLoadError(ServingError):
 
 
 INTERNAL_MESSAGE = "Internal server error"
+# A status travels in HTTP/2 trailers, which clients cap (16 KiB hard in gRPC): keep every message short.
+MAX_MESSAGE_CHARS = 1024
+
+
+def quoted(text: str, limit: int = 64) -> str:
+    """A client-supplied name as an error message shows it: cut, so a huge name cannot make the status
+    itself too large for the client to read."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -4,7 +4,8 @@ Two tokens, two planes. The inference token (`--token`) opens the data plane: in
 statistics. The control plane (RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload) needs
 the admin token (`--admin-token`) and is off without one, so an inference client can never unload
 a model. The admin token opens both planes. A refused call never has its message parsed: the
-denying handler's deserializer ignores the bytes.
+denying handler's deserializer ignores the bytes. A body that is not the method's protobuf message
+gets INVALID_ARGUMENT (gRPC itself would answer UNKNOWN with an exception's name).
 
 Handlers raise `serving.errors` exceptions and nothing else; this is the only place that turns an
 exception into a status (not found -> NOT_FOUND, not ready -> UNAVAILABLE, bad input ->
@@ -23,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc.aio import ServerInterceptor
 
-from serving.errors import ServingError, status_for
+from serving.errors import MAX_MESSAGE_CHARS, InvalidInput, ServingError, status_for
 
 log = logging.getLogger("serving.grpc")
 
@@ -52,12 +53,34 @@ def _ignore_request(_data: bytes) -> None:
     return None
 
 
+_UNDECODABLE = object()  # what _tolerant hands the handler for bytes that do not parse
+
+
+def _tolerant(deserialize):
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception:
+            return _UNDECODABLE
+
+    return parse
+
+
+def _check_decoded(request, method: str) -> None:
+    if request is _UNDECODABLE:
+        raise InvalidInput(f"the request body is not a valid protobuf message for {method.rsplit('/', 1)[-1]}")
+
+
 def _wrap_unary(behavior, method: str):
     async def guarded(request, context):
         try:
+            _check_decoded(request, method)
             return await behavior(request, context)
         except ServingError as exc:
-            await context.abort(exc.code, exc.reason)
+            await context.abort(exc.code, exc.reason[:MAX_MESSAGE_CHARS])
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -71,10 +94,11 @@ def _wrap_unary(behavior, method: str):
 def _wrap_stream(behavior, method: str):
     async def guarded(request_or_iterator, context):
         try:
+            _check_decoded(request_or_iterator, method)
             async for item in behavior(request_or_iterator, context):
                 yield item
         except ServingError as exc:
-            await context.abort(exc.code, exc.reason)
+            await context.abort(exc.code, exc.reason[:MAX_MESSAGE_CHARS])
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -169,6 +193,9 @@ class ServingInterceptor(ServerInterceptor):
         if guarded is None:
             streaming = bool(handler.unary_stream or handler.stream_stream)
             wrap = _wrap_stream if streaming else _wrap_unary
-            guarded = _rebuild(handler, lambda behavior, _kind: wrap(behavior, method))
+            deserializer = (
+                handler.request_deserializer if handler.request_streaming else _tolerant(handler.request_deserializer)
+            )
+            guarded = _rebuild(handler, lambda behavior, _kind: wrap(behavior, method), deserializer)
             self._guarded[method] = guarded
         return guarded

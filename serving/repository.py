@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.batching import BatchResult, DynamicBatcher, QueueBudget, run_direct
-from serving.errors import ModelLoadError, ModelNotFound, ModelNotReady
+from serving.errors import ModelLoadError, ModelNotFound, ModelNotReady, quoted
 from serving.metrics import ServerStats
 from serving.signature import ModelSignature, signature_from_session
 
@@ -174,11 +174,11 @@ class ModelRepository:
             if model is not None:
                 return model
         if name not in self._known and routes is None:
-            raise ModelNotFound(f"model '{name}' is not served here")
+            raise ModelNotFound(f"model '{quoted(name)}' is not served here")
         if version:
             record = self._records.get((name, version))
             if record is None:
-                raise ModelNotFound(f"model '{name}' has no version or alias '{version}'")
+                raise ModelNotFound(f"model '{name}' has no version or alias '{quoted(version)}'")
             reason = f": {record.reason}" if record.reason else ""
             raise ModelNotReady(f"model '{name}' version {version} is {record.state}{reason}")
         raise ModelNotReady(f"model '{name}' has no version ready")
@@ -350,7 +350,7 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         """Stop serving every version of `name` (RepositoryModelUnload)."""
         if name not in self._routes and name not in self._known:
-            raise ModelNotFound(f"model '{name}' is not served here")
+            raise ModelNotFound(f"model '{quoted(name)}' is not served here")
         models = list({id(m): m for m in self._routes.get(name, {}).values()}.values())
         with self._lock:
             self._aliases[name] = {}

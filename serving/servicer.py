@@ -29,6 +29,7 @@ from serving.errors import (
     ModelNotFound,
     ServerNotReady,
     ServingError,
+    quoted,
 )
 from serving.signature import DATATYPE_TO_TRITON
 
@@ -104,7 +105,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         with self._stats.lock:
             items = sorted(self._stats.models.items())
         if name and name not in {key[0] for key, _ in items} and not self._repo.ready(name):
-            raise ModelNotFound(f"model '{name}' is not served here")
+            raise ModelNotFound(f"model '{quoted(name)}' is not served here")
         response = pb.ModelStatisticsResponse()
         for (model_name, model_version), s in items:
             if (name and model_name != name) or (version and model_version != version):
@@ -127,7 +128,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 batch = entry.batch_stats.add(batch_size=size)
                 batch.compute_infer.count, batch.compute_infer.ns = count, ns
         if name and version and not response.model_stats:
-            raise ModelNotFound(f"model '{name}' has no statistics for version '{version}'")
+            raise ModelNotFound(f"model '{name}' has no statistics for version '{quoted(version)}'")
         return response
 
     # --- control plane --------------------------------------------------------------------------
@@ -141,7 +142,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(self, request, context):
         follower = self._followers.get(request.model_name)
         if follower is None:
-            raise ModelNotFound(f"model '{request.model_name}' is not followed by this server")
+            raise ModelNotFound(f"model '{quoted(request.model_name)}' is not followed by this server")
         errors = await asyncio.get_running_loop().run_in_executor(None, follower.poll, True)
         if errors and not self._repo.ready(request.model_name):
             raise ModelLoadError(f"model '{request.model_name}' failed to load: {'; '.join(errors)}")
@@ -248,6 +249,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         for requested in request.outputs:
             i = index.get(requested.name)
             if i is None:
-                raise InvalidInput(f"requested output '{requested.name}' is not an output of the model")
+                raise InvalidInput(f"requested output '{quoted(requested.name)}' is not an output of the model")
             chosen.append(i)
         return [names[i] for i in chosen], [outputs[i] for i in chosen], [datatypes[i] for i in chosen]
