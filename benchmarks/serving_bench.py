@@ -23,7 +23,8 @@ Cells are interleaved across targets and repeated, and medians are reported. Ser
 request (from /proc, all of the server's processes) is reported too: on a shared 2-core machine it
 is steadier than throughput. With `--perf-analyzer` (after benchmarks/tools/perf_analyzer.sh
 setup), the gRPC targets are also measured with Triton's perf_analyzer, whose client is C++.
-Results go to benchmarks/results/serving.json.
+After the load, the resident memory of every process of every server is recorded by role (server,
+worker, mirror) under `rss_mb_after_load`. Results go to benchmarks/results/serving.json.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` and all its descendants (mlflow serve runs uvicorn in children)."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (mlflow serve runs uvicorn in children, mlops-serve its workers)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -71,17 +72,55 @@ def process_cpu_seconds(pid: int) -> float:
             except OSError:
                 continue
             children.setdefault(int(fields[1]), []).append(int(entry))
-    total, stack = 0.0, [pid]
-    tick = os.sysconf("SC_CLK_TCK")
+    tree, stack = [], [pid]
     while stack:
         current = stack.pop()
+        tree.append(current)
+        stack.extend(children.get(current, []))
+    return tree
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and all its descendants."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for current in process_tree(pid):
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
         except OSError:
             pass
-        stack.extend(children.get(current, []))
     return total
+
+
+def process_rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of each process of a server, by role: the server itself, each worker, the mirror."""
+    roles: dict[str, float] = {}
+    for current in process_tree(pid):
+        try:
+            command = Path(f"/proc/{current}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            rss_kb = next(
+                int(line.split()[1])
+                for line in Path(f"/proc/{current}/status").read_text().splitlines()
+                if line.startswith("VmRSS:")
+            )
+        except (OSError, StopIteration):
+            continue
+        if "serving.mirror" in command:
+            role = "mirror"
+        elif "resource_tracker" in command:
+            role = "resource_tracker"  # multiprocessing's own helper of a --workers parent
+        elif "multiprocessing" in command:
+            role = "worker"
+        else:
+            role = "process"
+        if current == pid:
+            role = "server"
+        name, n = role, 1
+        while name in roles:
+            n += 1
+            name = f"{role}_{n}"
+        roles[name] = round(rss_kb / 1024, 1)
+    return roles
 
 
 # --- requests ------------------------------------------------------------------------------------------
@@ -525,6 +564,8 @@ def main(argv: list[str] | None = None) -> None:
                             f"  errors {result['errors']}",
                             flush=True,
                         )
+        # After the load: what each process of each server holds (a worker must stay lean).
+        rss = {t.name: process_rss_mb(t.pid) for t in targets if t.pid}
         perf = {}
         if args.perf_analyzer:
             for target in targets:
@@ -558,6 +599,7 @@ def main(argv: list[str] | None = None) -> None:
         "server_cpu_ms_per_request": "utime+stime of the server's processes over the cell / requests served",
         "results": results,
         "summary": verdicts(results),
+        "rss_mb_after_load": rss,
     }
     if args.perf_analyzer:
         payload["perf_analyzer"] = perf

@@ -42,6 +42,21 @@ def echo_run(feeds):
     return [feeds["steps"].astype(np.float32)]
 
 
+def burst(url: str, model: str, inputs, n: int) -> list:
+    """`n` concurrent requests from one asyncio client; the replies or the errors, in order."""
+
+    async def send():
+        import tritonclient.grpc.aio as aioclient
+
+        client = aioclient.InferenceServerClient(url)
+        try:
+            return await asyncio.gather(*[client.infer(model, inputs) for _ in range(n)], return_exceptions=True)
+        finally:
+            await client.close()
+
+    return asyncio.run(send())
+
+
 # --- the batcher ------------------------------------------------------------------------------------
 
 
@@ -161,17 +176,7 @@ def test_oversized_and_over_budget_requests_are_resource_exhausted(serve, model_
     assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
 
     rows = infer_inputs({"x": np.ones((256, 1), np.float32)})  # 1 kB each: four fit in the budget
-
-    async def burst():
-        import tritonclient.grpc.aio as aioclient
-
-        aio = aioclient.InferenceServerClient(server.url)
-        try:
-            return await asyncio.gather(*[aio.infer("slow", rows) for _ in range(20)], return_exceptions=True)
-        finally:
-            await aio.close()
-
-    outcomes = asyncio.run(burst())
+    outcomes = burst(server.url, "slow", rows, 20)
     refused = [o for o in outcomes if isinstance(o, InferenceServerException)]
     assert refused and {r.status() for r in refused} == {"StatusCode.RESOURCE_EXHAUSTED"}
     assert any("4096 bytes" in r.message() for r in refused)
@@ -180,18 +185,7 @@ def test_oversized_and_over_budget_requests_are_resource_exhausted(serve, model_
 
 def test_concurrent_rpcs_are_capped(serve, model_files):
     server = serve(model_name="slow", model_path=str(model_files["slow"]), max_batch_size=64, max_concurrent_rpcs=2)
-    rows = infer_inputs({"x": np.ones((64, 1), np.float32)})
-
-    async def burst():
-        import tritonclient.grpc.aio as aioclient
-
-        aio = aioclient.InferenceServerClient(server.url)
-        try:
-            return await asyncio.gather(*[aio.infer("slow", rows) for _ in range(12)], return_exceptions=True)
-        finally:
-            await aio.close()
-
-    outcomes = asyncio.run(burst())
+    outcomes = burst(server.url, "slow", infer_inputs({"x": np.ones((64, 1), np.float32)}), 12)
     refused = [o for o in outcomes if isinstance(o, InferenceServerException)]
     assert refused and {r.status() for r in refused} == {"StatusCode.RESOURCE_EXHAUSTED"}
     assert len(refused) < 12

@@ -626,13 +626,18 @@ def describe(request: pb.ModelInferRequest) -> str:
     return str(short)
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+def fuzz_settings(examples: int):
+    """Reproducible in CI (derandomized, no example database), with one server shared by every example."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
+@fuzz_settings(300)
 @given(draft=drafts())
 def test_mutated_requests_get_a_clean_status(target, draft):
     assert_not_broken(target)
@@ -729,13 +734,7 @@ def bodies(draw) -> bytes:
     return bytes(body)
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@fuzz_settings(150)
 @given(body=bodies())
 def test_corrupted_request_bytes_get_a_clean_status(target, body):
     assert_not_broken(target)
