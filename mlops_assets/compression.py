@@ -224,6 +224,7 @@ def _publish_float(
             "size_bytes": len(onnx_bytes),
             "onnx_parity_max_abs_diff": max_diff,
         },
+        validation,
     )
     info = {
         "candidate": candidate,
@@ -493,6 +494,7 @@ def _publish_int8(
         run_id,
         onnx_bytes,
         {"val_auc": val_auc, "size_bytes": len(onnx_bytes), **{f"parity_{k}": v for k, v in parity.items()}},
+        validation,
     )
     info = {
         "candidate": candidate,

@@ -2,9 +2,11 @@
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 
 from mlops_assets import modeling, onnx_metrics
 from mlops_assets.features import load_features
+from mlops_assets.features_spec import FEATURES
 from mlops_assets.lineage import data_hash, git_commit
 from mlops_assets.metadata import readable
 from resources import ArtifactStore, MlflowRegistry
@@ -98,8 +100,30 @@ def torch_parity(network: modeling.FlightDelayNet, prep: modeling.Preprocessing,
     return float(np.abs(onnx_scores - modeling.predict(network, prep, rows)).max())
 
 
-def log_onnx(registry: MlflowRegistry, run_id: str, onnx_bytes: bytes, metrics: dict[str, float]) -> str:
-    """Log an ONNX file as the `model` of an MLflow run, as one file for the CPU; returns its model URI."""
+def mlflow_signature(onnx_bytes: bytes):
+    """The graph's inputs and outputs as an MLflow tensor signature. With it, MLflow's own tools take a
+    DataFrame of raw feature columns: pyfunc reshapes each column to the [rows, 1] tensor the graph
+    wants, so `pyfunc.load_model(...).predict(df)` and `mlflow models serve` work on the same file."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    session = onnx_metrics.session(onnx_bytes)
+
+    def spec(arg) -> TensorSpec:
+        dtype = np.dtype(object) if arg.type == "tensor(string)" else np.dtype(np.float32)
+        return TensorSpec(dtype, tuple(-1 if not isinstance(d, int) else d for d in arg.shape), arg.name)
+
+    return ModelSignature(
+        inputs=Schema([spec(i) for i in session.get_inputs()]),
+        outputs=Schema([spec(o) for o in session.get_outputs()]),
+    )
+
+
+def log_onnx(
+    registry: MlflowRegistry, run_id: str, onnx_bytes: bytes, metrics: dict[str, float], example: pd.DataFrame
+) -> str:
+    """Log an ONNX file as the `model` of an MLflow run, as one file for the CPU, with its signature and
+    `example` (raw feature rows) as input example; returns its model URI."""
     with registry.active_run(run_id=run_id):
         import mlflow
         import onnx
@@ -110,6 +134,8 @@ def log_onnx(registry: MlflowRegistry, run_id: str, onnx_bytes: bytes, metrics: 
             name="model",
             save_as_external_data=False,
             onnx_execution_providers=["CPUExecutionProvider"],
+            signature=mlflow_signature(onnx_bytes),
+            input_example=example[list(FEATURES)].head(2),
             # Stated, not inferred: inference loads the model in a subprocess, ~4 s per model, and
             # would find the same two packages.
             pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
@@ -149,7 +175,7 @@ def onnx_model(
     # The network without the string front-end: what the int8 quantizers start from.
     network_key = f"models/{run_id}/network.onnx"
     network_path = store.write_bytes(network_key, network_proto.SerializeToString())
-    model_uri = log_onnx(registry, run_id, onnx_bytes, {"onnx_parity_max_abs_diff": max_diff})
+    model_uri = log_onnx(registry, run_id, onnx_bytes, {"onnx_parity_max_abs_diff": max_diff}, rows)
     info = {
         "candidate": "baseline",
         "precision": "float32",

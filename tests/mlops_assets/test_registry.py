@@ -106,3 +106,25 @@ def test_floor_refuses_a_first_model(resources):
 )
 def test_decision_rule(challenger, champion, passed):
     assert decide(challenger, champion, PromotionConfig(auc_margin=0.005, auc_floor=0.6))[0] is passed
+
+
+def test_the_champion_is_an_mlflow_citizen_a_dataframe_in_probabilities_out(first, resources):
+    """mlflow.pyfunc on a DataFrame of raw columns gives what onnxruntime gives on the served file."""
+    import mlflow
+    import numpy as np
+
+    from mlops_assets import onnx_metrics
+    from mlops_assets.features import load_features
+    from mlops_assets.features_spec import FEATURES
+
+    registry = resources["registry"]
+    rows = load_features(resources["store"], ["2013-03"]).head(50)[list(FEATURES)]
+    with registry._fluent():
+        model = mlflow.pyfunc.load_model(f"models:/{registry.model_name}@{CHAMPION}")
+        info = mlflow.models.get_model_info(f"models:/{registry.model_name}@{CHAMPION}")
+    predicted = model.predict(rows)
+    version = registry.version_by_alias(CHAMPION).version
+    expected = onnx_metrics.scores(registry.onnx_bytes(version), rows)
+    np.testing.assert_allclose(np.asarray(predicted["probability"]).reshape(-1), expected, rtol=1e-6)
+    assert [i["name"] for i in info.signature.inputs.to_dict()] == list(FEATURES)
+    assert info.saved_input_example_info is not None
