@@ -55,42 +55,89 @@ def on_new_data(*triggers: str) -> dg.AutomationCondition:
     ).with_label(f"new {' or '.join(triggers)}")
 
 
+_CALIBRATION, _CLASSIFIER, _RULE = drift.Calibration(), drift.DomainClassifier(), drift.VerdictRule()
+
+
 class DriftConfig(dg.Config):
-    """Defaults calibrated on 2013. Against every three-month training window, no month inside it
-    reaches 1.2 (the most is 0.98: temperature across a change of season) and no column but
-    temperature passes 0.75 for the month after it, while a month of another season scores 1.5 to
-    5.2 on temperature.
+    """Each column's threshold comes from how far it moves inside the champion's own training window:
+    30-day blocks of the window, scored against the whole window as a month is, give the column's
+    natural variation; its threshold is 1.5 x the 0.9 quantile of those scores, with a floor. Over
+    2013's ten three-month windows this keeps every month inside its window quiet but one (wind in
+    Nov inside Oct-Dec, 0.247 against 0.213), and gives temperature a band of 0.9-1.4 reference
+    standard deviations while distance, hour and day of week keep the floor (0.2).
     """
 
     num_method: str = drift.NUM_METHOD
-    """Evidently method for numeric columns; 'wasserstein' is normed: distance in reference standard deviations."""
-    num_threshold: float = drift.NUM_THRESHOLD
-    """Numeric threshold in num_method's unit: distance methods drift at or above it, p-value methods below it."""
+    """Evidently distance method for numeric columns; 'wasserstein' is normed: in reference standard deviations."""
     cat_method: str = drift.CAT_METHOD
-    """Evidently method for categorical columns (carrier, origin, dest)."""
-    cat_threshold: float = drift.CAT_THRESHOLD
-    """Categorical threshold in cat_method's unit (Jensen-Shannon distance, 0-1; 2013 never passes 0.11)."""
+    """Evidently distance method for categorical columns (carrier, origin, dest); Jensen-Shannon distance runs 0-1."""
+    calibration_block_days: int = _CALIBRATION.block_days
+    """Length in days of the reference blocks whose drift measures natural variation (at most half the window)."""
+    calibration_step_days: int = _CALIBRATION.step_days
+    """Days between the starts of consecutive calibration blocks (blocks overlap when smaller than block_days)."""
+    calibration_quantile: float = _CALIBRATION.quantile
+    """Quantile (0-1) of the block scores taken as the column's natural variation; 1.0 is the largest block."""
+    calibration_factor: float = _CALIBRATION.factor
+    """Multiplier on the natural variation: the column's threshold, in its method's unit."""
+    num_floor: float = _CALIBRATION.num_floor
+    """Lowest numeric threshold in num_method's unit (0.2: a fifth of a reference standard deviation)."""
+    cat_floor: float = _CALIBRATION.cat_floor
+    """Lowest categorical threshold in cat_method's unit (Jensen-Shannon distance, 0-1)."""
+    calibration_rows: int = _CALIBRATION.rows
+    """Reference rows sampled (seeded) for calibration."""
     column_thresholds: dict[str, float] = {}
-    """Per-column overrides ({'temp': 2.0}); columns not named keep num_threshold / cat_threshold."""
-    drift_share: float = 0.1
-    """Share of feature columns (0-1) that must drift for the month to count as drifted (0.1: any one of ten)."""
+    """Per-column overrides in the column's method's unit ({'temp': 2.0}); other columns stay calibrated."""
+    classifier_threshold: float = _CLASSIFIER.threshold
+    """Held-out ROC AUC (0.5-1) at which the domain classifier marks the month drifted; 2013's own months reach 0.62."""
+    classifier_columns: list[str] = list(_CLASSIFIER.columns)
+    """Columns the domain classifier sees; weather is left out, because it lets a classifier learn the calendar."""
+    classifier_rows: int = _CLASSIFIER.rows
+    """Rows sampled (seeded) from each side for the domain classifier; 30% of them are held out."""
+    classifier_max_depth: int = _CLASSIFIER.max_depth
+    """Depth of the classifier's trees: 3 sees three-column combinations without memorising single flights."""
+    importance_rows: int = 5_000
+    """Reference rows on which each column is shuffled to measure its importance to the champion."""
+    min_importance_share: float = _RULE.min_importance_share
+    """Share (0-1) of the champion's sensitivity a drifted column must carry to mark the month drifted on its own."""
+    drift_share: float = _RULE.drift_share
+    """Share of feature columns (0-1) whose drift marks the month drifted whatever their importance."""
     prediction_method: str = drift.PREDICTION_METHOD
     """Evidently method comparing the champion's scores on reference rows and on the month's rows."""
     prediction_threshold: float = drift.PREDICTION_THRESHOLD
     """Prediction-drift threshold in prediction_method's unit; prediction drift alone marks the month drifted."""
+    seed: int = 0
+    """Seed of every sample, split, shuffle and classifier, so a month's report is reproducible."""
     prediction_log_dir: str | None = None
     """Serving's prediction log folder; default $MLOPS_HOME/prediction_log."""
     min_logged_rows: int = 1
     """Logged requests of the month needed to use them as production data instead of the month's batch features."""
 
-    def thresholds(self) -> drift.Thresholds:
-        return drift.Thresholds(
+    def calibration(self) -> drift.Calibration:
+        return drift.Calibration(
             num_method=self.num_method,
-            num_threshold=self.num_threshold,
             cat_method=self.cat_method,
-            cat_threshold=self.cat_threshold,
-            per_column=dict(self.column_thresholds),
+            block_days=self.calibration_block_days,
+            step_days=self.calibration_step_days,
+            quantile=self.calibration_quantile,
+            factor=self.calibration_factor,
+            num_floor=self.num_floor,
+            cat_floor=self.cat_floor,
+            rows=self.calibration_rows,
+            seed=self.seed,
+            overrides=dict(self.column_thresholds),
         )
+
+    def classifier(self) -> drift.DomainClassifier:
+        return drift.DomainClassifier(
+            columns=tuple(self.classifier_columns),
+            threshold=self.classifier_threshold,
+            rows=self.classifier_rows,
+            max_depth=self.classifier_max_depth,
+            seed=self.seed,
+        )
+
+    def rule(self) -> drift.VerdictRule:
+        return drift.VerdictRule(min_importance_share=self.min_importance_share, drift_share=self.drift_share)
 
 
 def _current_rows(
@@ -127,7 +174,12 @@ def _columns_table(result: drift.DriftResult) -> dg.MetadataValue:
                     "kind": c.kind,
                     "score": _number(c.score),
                     "threshold": c.threshold,
+                    "threshold_source": c.calibration.source if c.calibration else "fixed",
+                    "natural_variation": _number(c.calibration.natural) if c.calibration else None,
+                    "derivation": c.calibration.derivation if c.calibration else "prediction_threshold",
+                    "importance": _number(c.importance) if c.importance is not None else None,
                     "drifted": c.drifted,
+                    "counted": c.counted,
                 }
             )
             for c in rows
@@ -139,10 +191,39 @@ def _columns_table(result: drift.DriftResult) -> dg.MetadataValue:
                 dg.TableColumn("kind", "string", description="p_value: drifts below threshold; distance: at or above"),
                 dg.TableColumn("score", "float"),
                 dg.TableColumn("threshold", "float"),
+                dg.TableColumn("threshold_source", "string", description="calibrated, floor, override or fixed"),
+                dg.TableColumn("natural_variation", "float", description="quantile of the reference blocks' scores"),
+                dg.TableColumn("derivation", "string"),
+                dg.TableColumn(
+                    "importance", "float", description="share of the champion's sensitivity (mean |score change|)"
+                ),
                 dg.TableColumn("drifted", "bool"),
+                dg.TableColumn("counted", "bool", description="drifted and important enough to mark the month"),
             ]
         ),
     )
+
+
+def _classifier_metadata(result: drift.DriftResult, config: DriftConfig) -> dict:
+    classifier = result.classifier
+    if classifier is None:
+        return {
+            "classifier_drifted": False,
+            "classifier_auc": dg.MetadataValue.null(),
+            "classifier_threshold": config.classifier_threshold,
+            "classifier_note": f"not run: a side has fewer than {drift.MIN_CLASSIFIER_ROWS} rows",
+        }
+    return {
+        "classifier_drifted": classifier.drifted,
+        "classifier_auc": classifier.auc,
+        "classifier_threshold": classifier.threshold,
+        "classifier_top_features": ", ".join(classifier.top()) or "none",
+        "classifier_importances": dg.MetadataValue.md(
+            "| column | held-out AUC lost when permuted |\n|---|---|\n"
+            + "\n".join(f"| {c} | {v:.4f} |" for c, v in classifier.importances.items())
+        ),
+        "classifier_rows": f"{classifier.rows[0]} reference, {classifier.rows[1]} current",
+    }
 
 
 @dg.asset(
@@ -155,10 +236,10 @@ def _columns_table(result: drift.DriftResult) -> dg.MetadataValue:
 def drift_report(
     context: dg.AssetExecutionContext, config: DriftConfig, store: ArtifactStore, registry: MlflowRegistry
 ) -> dg.MaterializeResult:
-    """How far this month's production data has moved from the champion's training data, column by column."""
+    """How far this month's production data has moved from the champion's training data, and whether it matters."""
     started = time.perf_counter()
     try:
-        thresholds = config.thresholds()
+        calibration, classifier, rule = config.calibration(), config.classifier(), config.rule()
     except ValueError as error:
         raise dg.Failure(str(error)) from error
     champion = registry.version_by_alias(CHAMPION)
@@ -169,28 +250,25 @@ def drift_report(
     if not reference_months:
         raise dg.Failure(f"champion version {version} has no train_months tag to take reference data from")
 
-    reference = load_features(store, reference_months)[list(FEATURES)]
+    # flight_id stays on the reference: calibration places its rows in time by it.
+    reference = load_features(store, reference_months)[[ROW_KEY, *FEATURES]]
     current, source = _current_rows(context, config, store)
-    # Prediction drift: the champion scores both sides, so a change of serving version cannot pose as drift.
+    # The champion scores both sides (so a change of serving version cannot pose as drift) and the
+    # shuffled reference rows that measure each column's importance to it.
     champion_session = onnx_metrics.session(registry.onnx_bytes(version))
-    reference = reference.assign(**{drift.PREDICTION_COLUMN: onnx_metrics.predict(champion_session, reference)})
-    current = current.assign(**{drift.PREDICTION_COLUMN: onnx_metrics.predict(champion_session, current)})
 
     result = drift.compute_drift(
         reference,
         current,
-        thresholds,
-        drift_share=config.drift_share,
+        calibration,
+        classifier=classifier,
+        rule=rule,
+        predict=lambda frame: onnx_metrics.predict(champion_session, frame),
+        importance_rows=config.importance_rows,
         prediction_method=config.prediction_method,
         prediction_threshold=config.prediction_threshold,
     )
     prediction = result.prediction
-    drifted = result.drifted_share >= config.drift_share or bool(prediction and prediction.drifted)
-    reasons = [
-        f"{c.column} {c.method} {c.score:.3g} {'<' if c.kind == drift.P_VALUE else '>='} {c.threshold:g}"
-        for c in (*result.columns, *([prediction] if prediction else []))
-        if c.drifted
-    ]
     html = result.html.encode("utf-8")
     path = store.write_bytes(drift_html_key(context.partition_key), html)
     # The copy a person opens: MLflow's artifact view renders the HTML, one click from the asset page.
@@ -199,17 +277,30 @@ def drift_report(
         {"drift_report.html": html},
         {"month": context.partition_key, "champion_version": version, "dagster_run_id": context.run_id},
     )
-    context.log.info(f"{context.partition_key}: drifted={drifted} share={result.drifted_share:.2f}; report {path}")
+    context.log.info(
+        f"{context.partition_key}: drifted={result.drifted} share={result.drifted_share:.2f} "
+        f"classifier AUC {result.classifier.auc if result.classifier else float('nan'):.3f}; report {path}"
+    )
     return dg.MaterializeResult(
         metadata=readable(
             {
-                "drifted": drifted,
+                "drifted": result.drifted,
                 "drifted_share": _number(result.drifted_share),
                 "drifted_count": result.drifted_count,
                 "drift_share_threshold": config.drift_share,
                 "drifted_columns": ", ".join(result.drifted_columns),
-                "drift_reasons": "; ".join(reasons) or "none",
+                "counted_columns": ", ".join(c.column for c in result.columns if c.counted),
+                "drift_reasons": "; ".join(result.reasons) or "none",
+                "ignored_drift": "; ".join(result.ignored) or "none",
+                "min_importance_share": config.min_importance_share,
                 "columns": _columns_table(result),
+                **_classifier_metadata(result, config),
+                "calibration": (
+                    f"{calibration.factor:g} x q{calibration.quantile:g} of {calibration.block_days}-day blocks "
+                    f"every {calibration.step_days} days of the reference, each against the whole reference; "
+                    f"floors {calibration.num_floor:g} ({calibration.num_method}) / "
+                    f"{calibration.cat_floor:g} ({calibration.cat_method})"
+                ),
                 "prediction_drifted": bool(prediction and prediction.drifted),
                 "prediction_score": _number(prediction.score) if prediction else dg.MetadataValue.null(),
                 "prediction_threshold": config.prediction_threshold,

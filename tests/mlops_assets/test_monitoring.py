@@ -12,7 +12,7 @@ from mlops_assets.monitoring import DriftConfig, drift_html_key
 from resources import local_resources
 from sensors.drift import live_performance_sensor
 from tests.conftest import materialize
-from tests.sensors.support import SHIFTED_COLUMN, UNCHANGED, drift_report, shifted
+from tests.sensors.support import SHIFTED, SHIFTED_COLUMN, UNCHANGED, drift_report, scaled, shifted
 
 
 @pytest.mark.parametrize(
@@ -39,13 +39,16 @@ def test_unknown_method_is_refused():
         drift.is_drifted("mystery", 0.1, 0.1)
 
 
-def test_per_column_threshold_does_not_reset_the_global_ones():
-    thresholds = DriftConfig(num_threshold=0.7, column_thresholds={"temp": 2.0}).thresholds()
-    assert thresholds.threshold("temp") == 2.0
-    assert thresholds.threshold("visib") == 0.7  # the global numeric value, not Evidently's default
-    assert thresholds.threshold("carrier") == 0.2  # the categorical default is untouched
+def test_config_builds_the_detector_and_refuses_what_it_cannot_calibrate():
+    config = DriftConfig(column_thresholds={"temp": 2.0}, calibration_factor=2.0, classifier_threshold=0.7, seed=3)
+    calibration, classifier, rule = config.calibration(), config.classifier(), config.rule()
+    assert calibration.overrides == {"temp": 2.0} and calibration.factor == 2.0 and calibration.seed == 3
+    assert classifier.threshold == 0.7 and classifier.seed == 3 and "temp" not in classifier.columns
+    assert rule.min_importance_share == 0.05 and rule.drift_share == 0.3
     with pytest.raises(ValueError, match="unknown columns"):
-        drift.Thresholds(per_column={"tmp": 1.0})
+        DriftConfig(column_thresholds={"tmp": 1.0}).calibration()
+    with pytest.raises(ValueError, match="distance method"):
+        DriftConfig(num_method="ks").calibration()
 
 
 def _write_log(path: Path, records: list[dict]) -> None:
@@ -98,26 +101,57 @@ def test_drift_report_reads_logged_requests_when_the_month_has_them(monitored_re
     assert report["drifted"] is True and SHIFTED_COLUMN in report["drifted_columns"]
 
 
+def _rows(report: dict) -> dict[str, dict]:
+    return {r.data["column"]: r.data for r in report["columns"].records}
+
+
 def test_drift_report_metadata_thresholds_and_html(monitored_resources, monitored_home, instance):
-    report = drift_report(
-        monitored_resources, instance, "2013-05", num_threshold=0.6, column_thresholds={SHIFTED_COLUMN: 5.0}
-    )
-    rows = {r.data["column"]: r.data for r in report["columns"].records}
+    report = drift_report(monitored_resources, instance, SHIFTED, column_thresholds={SHIFTED_COLUMN: 5.0})
+    rows = _rows(report)
     assert set(rows) == {*FEATURES, drift.PREDICTION_COLUMN}
-    # The override applies to its column only; Evidently received (and reports) every other global.
+    # The override applies to its column only; every other column keeps its calibrated band.
     assert rows[SHIFTED_COLUMN]["threshold"] == 5.0 and rows[SHIFTED_COLUMN]["drifted"] is False
+    assert rows[SHIFTED_COLUMN]["threshold_source"] == "override"
     assert rows[SHIFTED_COLUMN]["score"] == pytest.approx(3.0, abs=0.05)
-    assert rows["visib"]["threshold"] == 0.6 and rows["carrier"]["threshold"] == 0.2
-    assert rows["visib"]["method"] == "wasserstein" and rows["visib"]["kind"] == "distance"
+    assert rows["hour"]["threshold"] == 0.2 and rows["hour"]["threshold_source"] == "floor"
+    assert rows["temp"]["threshold_source"] == "calibrated" and rows["temp"]["threshold"] > 0.2
+    assert rows["carrier"]["threshold"] >= 0.05 and rows["visib"]["method"] == "wasserstein"
+    assert rows["visib"]["kind"] == "distance" and "blocks" in rows["visib"]["derivation"]
+    assert sum(rows[c]["importance"] for c in FEATURES) == pytest.approx(1.0, abs=1e-3)
     # The per-column flags agree with Evidently's own drifted-columns count.
     flagged = [c for c in FEATURES if rows[c]["drifted"]]
     assert len(flagged) == report["drifted_count"] and report["drifted_share"] == len(flagged) / len(FEATURES)
     assert report["prediction_drifted"] is rows[drift.PREDICTION_COLUMN]["drifted"]
+    # Silencing the column's test does not blind the month: the classifier still sees the shift.
+    assert report["drifted"] is True and report["classifier_drifted"] is True
+    assert report["classifier_auc"] > 0.95 and report["classifier_top_features"].startswith(SHIFTED_COLUMN)
+    assert "domain classifier AUC" in report["drift_reasons"] and "| distance |" in report["classifier_importances"]
 
-    html = monitored_home / "artifacts" / drift_html_key("2013-05")
+    html = monitored_home / "artifacts" / drift_html_key(SHIFTED)
     assert report["report"] == str(html) and html.stat().st_size > 100_000
     text = html.read_text(encoding="utf-8")
     assert "Dataset Drift" in text and all(column in text for column in FEATURES)
+    assert report["report_url"].endswith("/artifactPath/drift_report.html")
+
+
+@pytest.mark.parametrize(
+    ("month", "column", "move", "score"),
+    [
+        ("2013-08", "distance", lambda f: scaled(f, "distance", 1.5), 0.70),
+        ("2013-09", "hour", lambda f: f.assign(hour=f["hour"] + 3), 0.645),
+    ],
+    ids=["distance-x1.5", "hour-plus-3h"],
+)
+def test_a_large_single_feature_shift_drifts_end_to_end(monitored_resources, instance, month, column, move, score):
+    store = monitored_resources["store"]
+    store.write_frame(features_key(month), move(store.read_frame(features_key("2013-01"))))
+    report = drift_report(monitored_resources, instance, month)
+    row = _rows(report)[column]
+    assert row["score"] == pytest.approx(score, abs=0.01) and row["threshold"] == 0.2 and row["drifted"] is True
+    assert report["drifted"] is True and report["drifted_columns"] == column
+    assert report["drift_reasons"].startswith(f"{column} wasserstein")
+    assert report["classifier_drifted"] is True and column in report["classifier_top_features"]
+    assert 0 <= row["importance"] <= 1 and report["champion_version"] and report["reference_months"] == "2013-01"
 
 
 def test_drift_report_needs_a_champion(resources):
