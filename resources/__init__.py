@@ -11,6 +11,7 @@ import dagster as dg
 from resources.artifact_store import ArtifactStore, LocalArtifactStore, S3ArtifactStore
 from resources.flight_source import FlightSource
 from resources.mlflow_registry import MlflowRegistry
+from resources.served_predictions import ServedPredictions
 from resources.serving_endpoint import ServingEndpoint, token_from_environment
 from resources.settings import default_tracking_uri, mlops_home
 
@@ -20,6 +21,7 @@ __all__ = [
     "LocalArtifactStore",
     "MlflowRegistry",
     "S3ArtifactStore",
+    "ServedPredictions",
     "ServingEndpoint",
     "defs",
     "local_resources",
@@ -35,9 +37,12 @@ def local_resources(home: Path | None = None) -> dict:
     endpoint only where MLOPS_SERVING_URL names one (`make serve` listens on 127.0.0.1:8001), with the
     bearer token MLOPS_SERVE_TOKEN where set (`make serve` reads the same variable)."""
     home = home or mlops_home()
+    store = LocalArtifactStore(root=str(home / "artifacts"))
     return {
         "source": FlightSource(uri=os.environ.get("MLOPS_FLIGHTS_URI") or None),
-        "store": LocalArtifactStore(root=str(home / "artifacts")),
+        "store": store,
+        # `mlops-serve` ships its prediction log into this same folder by default.
+        "served": ServedPredictions(store=store, batch_fallback=True),
         "registry": MlflowRegistry(
             tracking_uri=default_tracking_uri(home), artifact_location=(home / "mlartifacts").as_uri()
         ),

@@ -31,6 +31,10 @@ class ArtifactStore(dg.ConfigurableResource):
     def uri(self, key: str) -> str:
         raise NotImplementedError
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, sorted (a prefix listing: the store's layout puts a month under one)."""
+        raise NotImplementedError
+
     def write_frame(self, key: str, frame: pd.DataFrame) -> str:
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
@@ -67,6 +71,15 @@ class LocalArtifactStore(ArtifactStore):
 
     def uri(self, key: str) -> str:
         return str(self._path(key))
+
+    def list_keys(self, prefix: str) -> list[str]:
+        root = Path(self.root)
+        folder = self._path(prefix.rstrip("/")) if prefix.endswith("/") else self._path(prefix).parent
+        if not folder.is_dir():
+            return []
+        keys = (path.relative_to(root).as_posix() for path in folder.rglob("*") if path.is_file())
+        # ".tmp" files are writes in progress (write_bytes renames them when complete).
+        return sorted(k for k in keys if k.startswith(prefix) and not k.endswith(".tmp"))
 
 
 class S3ArtifactStore(ArtifactStore):
@@ -108,3 +121,8 @@ class S3ArtifactStore(ArtifactStore):
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def list_keys(self, prefix: str) -> list[str]:
+        strip = len(self._key(""))
+        pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+        return sorted(item["Key"][strip:] for page in pages for item in page.get("Contents", []))

@@ -26,6 +26,7 @@ from dagster_aws.s3 import S3PickleIOManager, S3Resource
 from resources.artifact_store import S3ArtifactStore
 from resources.flight_source import FlightSource
 from resources.mlflow_registry import MlflowRegistry
+from resources.served_predictions import ServedPredictions
 from resources.serving_endpoint import ServingEndpoint, token_from_environment
 
 DEFAULT_PREFIX = "mlops"
@@ -46,10 +47,14 @@ def production_resources() -> dict:
     prefix = production_prefix()
     bucket = dg.EnvVar("MLOPS_S3_BUCKET")
     serving_url = os.environ.get("MLOPS_SERVING_URL") or None
+    store = S3ArtifactStore(bucket=bucket, prefix=f"{prefix}/artifacts")
     return {
         "io_manager": S3PickleIOManager(s3_resource=S3Resource(), s3_bucket=bucket, s3_prefix=f"{prefix}/io"),
         "source": FlightSource(uri=os.environ.get("MLOPS_FLIGHTS_URI") or None),
-        "store": S3ArtifactStore(bucket=bucket, prefix=f"{prefix}/artifacts"),
+        "store": store,
+        # Servers ship their prediction log to s3://<bucket>/<prefix>/artifacts/prediction_log/ (--log-ship-to).
+        # No batch stand-in: a month without served traffic is reported as such, not judged on batch data.
+        "served": ServedPredictions(store=store, batch_fallback=False),
         "registry": MlflowRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
         # Production servers always require a token: the definitions name the variable whenever a server is
         # named, whether or not the loading process holds the secret (run pods and tasks do, the code server not).

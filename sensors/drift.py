@@ -106,12 +106,15 @@ def build_retraining_sensor(
         state = RetrainingCursor.load(context.cursor)
         records = _new_records(context.instance, asset_key, state.storage_id)
         champion = serving_champion(context.instance)
-        seen, ignored = [], {}
+        seen, ignored, unjudged = [], {}, {}
         for record in records:
             partition = record.partition_key or "(unpartitioned)"
             metadata = record.asset_materialization.metadata
             reason = trigger(metadata)
             seen.append(partition)
+            # A month judged on no production data (or on batch data standing in) is named in every skip.
+            if _value(metadata, "no_production_data"):
+                unjudged[partition] = _value(metadata, "no_production_data")
             state.storage_id = max(state.storage_id, record.storage_id)
             # The newest verdict for a partition wins: a month re-measured as fine stops waiting.
             if reason is None:
@@ -126,6 +129,8 @@ def build_retraining_sensor(
                 ignored[partition] = why_not
 
         def skip(reason: str) -> dg.SensorResult:
+            if unjudged:
+                reason += "; no production data: " + "; ".join(f"{p} ({why})" for p, why in sorted(unjudged.items()))
             if ignored:
                 reason += "; ignored: " + "; ".join(f"{p} ({why})" for p, why in sorted(ignored.items()))
             return dg.SensorResult(skip_reason=dg.SkipReason(reason), cursor=state.dump())

@@ -1,8 +1,8 @@
-"""The drift detector on real validated months, without Dagster: calibrated bands, the domain
-classifier, importance to the model and the verdict (mlops_assets/drift.py).
+"""The drift detector on real validated months, without Dagster: calibrated thresholds, the domain
+classifier, importance to the model and the verdict (mlops_assets/monitoring/).
 
 The reference is the default training window, 2013-01..03. Column verdicts are checked with the
-same Evidently stat test that drift_report runs (drift.column_score, checked against Evidently's
+same Evidently stat test that drift_report runs (stattests.column_score, checked against Evidently's
 Report below), so every feature and both changes stay quick; the Report itself runs a few times.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_assets import drift
+from mlops_assets.monitoring import bands, detector, domain_classifier, stattests
 from mlops_assets.features import load_features
 from mlops_assets.features_spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
 from resources import local_resources
@@ -41,8 +41,8 @@ def reference(frames) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def bands(reference) -> dict[str, drift.ColumnThreshold]:
-    return drift.calibrate(reference, drift.Calibration())
+def thresholds(reference) -> dict[str, bands.ColumnThreshold]:
+    return bands.calibrate(reference, bands.Calibration())
 
 
 def change(frame: pd.DataFrame, column: str, kind: str, reference: pd.DataFrame) -> pd.DataFrame:
@@ -56,29 +56,29 @@ def swap(frame: pd.DataFrame, column: str, a: str, b: str) -> pd.DataFrame:
     return frame.assign(**{column: np.where(values == a, b, np.where(values == b, a, values))})
 
 
-def column_drifts(band: drift.ColumnThreshold, reference: pd.DataFrame, current: pd.DataFrame) -> tuple[bool, float]:
-    score = drift.column_score(band.method, band.column, reference[band.column], current[band.column])
-    return drift.is_drifted(band.method, score, band.threshold), score
+def column_drifts(band: bands.ColumnThreshold, reference: pd.DataFrame, current: pd.DataFrame) -> tuple[bool, float]:
+    score = stattests.column_score(band.method, band.column, reference[band.column], current[band.column])
+    return stattests.is_drifted(band.method, score, band.threshold), score
 
 
-def test_seasonal_columns_get_wide_bands_and_stable_columns_the_floor(bands):
-    calibration = drift.Calibration()
+def test_seasonal_columns_get_wide_bands_and_stable_columns_the_floor(thresholds):
+    calibration = bands.Calibration()
     # Temperature moves by season inside a winter window; distance and the schedule do not.
-    assert bands["temp"].source == "calibrated" and bands["temp"].threshold > 0.8
+    assert thresholds["temp"].source == "calibrated" and thresholds["temp"].threshold > 0.8
     for column in ("hour", "day_of_week", "distance", "carrier", "origin"):
-        assert bands[column].source == "floor" and bands[column].threshold == calibration.floor(column)
-    for band in bands.values():
+        assert thresholds[column].source == "floor" and thresholds[column].threshold == calibration.floor(column)
+    for band in thresholds.values():
         assert band.threshold >= calibration.floor(band.column)
         assert band.blocks >= 10 and band.block_days == calibration.block_days  # 90 days, a block every 7
         assert "x q0.9 of" in band.derivation
-    assert bands["temp"].threshold == pytest.approx(calibration.factor * bands["temp"].natural, abs=1e-3)
+    assert thresholds["temp"].threshold == pytest.approx(calibration.factor * thresholds["temp"].natural, abs=1e-3)
 
 
 def test_a_one_month_window_is_calibrated_on_half_month_blocks(frames):
-    bands = drift.calibrate(frames["2013-01"], drift.Calibration())
-    assert {b.block_days for b in bands.values()} == {15}
-    assert all(b.blocks >= 3 for b in bands.values())
-    assert bands["temp"].source == "calibrated" and bands["distance"].source == "floor"
+    thresholds = bands.calibrate(frames["2013-01"], bands.Calibration())
+    assert {b.block_days for b in thresholds.values()} == {15}
+    assert all(b.blocks >= 3 for b in thresholds.values())
+    assert thresholds["temp"].source == "calibrated" and thresholds["distance"].source == "floor"
 
 
 CASES = [
@@ -97,12 +97,12 @@ CASES = [
 
 @pytest.mark.parametrize(("column", "kind", "month", "expected"), CASES)
 def test_every_numeric_feature_moved_by_one_sd_or_scaled_drifts(
-    frames, reference, bands, column, kind, month, expected
+    frames, reference, thresholds, column, kind, month, expected
 ):
-    unchanged, _ = column_drifts(bands[column], reference, frames[month])
+    unchanged, _ = column_drifts(thresholds[column], reference, frames[month])
     assert unchanged is False  # the month itself sits inside its band
-    drifted, score = column_drifts(bands[column], reference, change(frames[month], column, kind, reference))
-    assert drifted is expected, f"{column} {kind} on {month}: {score:.3f} against {bands[column].threshold:.3f}"
+    drifted, score = column_drifts(thresholds[column], reference, change(frames[month], column, kind, reference))
+    assert drifted is expected, f"{column} {kind} on {month}: {score:.3f} against {thresholds[column].threshold:.3f}"
 
 
 def test_every_numeric_feature_has_a_change_that_drifts_in_every_month():
@@ -112,43 +112,43 @@ def test_every_numeric_feature_has_a_change_that_drifts_in_every_month():
 
 
 @pytest.mark.parametrize("month", WINDOW)
-def test_months_inside_the_window_do_not_drift_and_scores_match_evidently(frames, reference, bands, month):
-    result = drift.compute_drift(reference, frames[month])
+def test_months_inside_the_window_do_not_drift_and_scores_match_evidently(frames, reference, thresholds, month):
+    result = detector.compute_drift(reference, frames[month])
     assert result.drifted is False and result.reasons == [] and result.drifted_columns == []
     assert result.classifier.auc < result.classifier.threshold
     for c in result.columns:
-        assert c.threshold == bands[c.column].threshold  # Evidently ran with the calibrated bands
-        expected = drift.column_score(c.method, c.column, reference[c.column], frames[month][c.column])
+        assert c.threshold == thresholds[c.column].threshold  # Evidently ran with the calibrated thresholds
+        expected = stattests.column_score(c.method, c.column, reference[c.column], frames[month][c.column])
         assert c.score == pytest.approx(expected, rel=1e-9, abs=1e-12)
     assert "Dataset Drift" in result.html
 
 
 def test_a_shifted_copy_drifts_through_evidently_with_the_reasons(frames, reference):
-    result = drift.compute_drift(reference, change(frames["2013-03"], "distance", "scale", reference))
+    result = detector.compute_drift(reference, change(frames["2013-03"], "distance", "scale", reference))
     assert result.drifted is True and result.drifted_columns == ["distance"]
     assert result.reasons[0].startswith("distance wasserstein 0.7")  # 0.727 >= 0.2
     assert result.classifier.drifted and result.classifier.top()[0] == "distance"
 
 
 @pytest.mark.parametrize(("column", "a", "b"), [("carrier", "UA", "B6"), ("origin", "EWR", "JFK")])
-def test_swapped_category_labels_are_caught_by_the_domain_classifier(frames, reference, bands, column, a, b):
+def test_swapped_category_labels_are_caught_by_the_domain_classifier(frames, reference, thresholds, column, a, b):
     # The two commonest labels have almost the same count: the column's own test barely moves.
     swapped = swap(frames["2013-02"], column, a, b)
-    assert column_drifts(bands[column], reference, swapped)[0] is False
-    result = drift.domain_classifier(reference, swapped, drift.DomainClassifier())
+    assert column_drifts(thresholds[column], reference, swapped)[0] is False
+    result = domain_classifier.domain_classifier(reference, swapped, domain_classifier.DomainClassifier())
     assert result.drifted is True and result.auc >= 0.7
     assert column in result.top()
-    rows = drift.DomainClassifier().rows
+    rows = domain_classifier.DomainClassifier().rows
     assert result.rows == (rows, min(rows, len(swapped)))
 
 
-def test_a_shift_only_in_combinations_is_caught_by_the_domain_classifier(frames, reference, bands):
+def test_a_shift_only_in_combinations_is_caught_by_the_domain_classifier(frames, reference, thresholds):
     # Carriers shuffled across flights: every column's distribution is exactly the month's own.
     month = frames["2013-02"]
     shuffled = month.assign(carrier=np.random.default_rng(0).permutation(month["carrier"].to_numpy()))
     for column in FEATURES:
-        assert drift.column_score(bands[column].method, column, month[column], shuffled[column]) == pytest.approx(0)
-    result = drift.compute_drift(reference, shuffled)
+        assert stattests.column_score(thresholds[column].method, column, month[column], shuffled[column]) == pytest.approx(0)
+    result = detector.compute_drift(reference, shuffled)
     assert result.drifted_columns == [] and result.drifted is True
     assert result.classifier.auc >= 0.8 and result.classifier.top()[0] == "carrier"
     assert result.reasons == [f"domain classifier AUC {result.classifier.auc:.3f} >= 0.65 (separated by "
@@ -156,36 +156,36 @@ def test_a_shift_only_in_combinations_is_caught_by_the_domain_classifier(frames,
 
 
 def test_the_classifier_is_seeded(frames, reference):
-    settings = drift.DomainClassifier(rows=5_000)
-    first = drift.domain_classifier(reference, frames["2013-02"], settings)
-    assert drift.domain_classifier(reference, frames["2013-02"], settings) == first
+    settings = domain_classifier.DomainClassifier(rows=5_000)
+    first = domain_classifier.domain_classifier(reference, frames["2013-02"], settings)
+    assert domain_classifier.domain_classifier(reference, frames["2013-02"], settings) == first
 
 
 def test_importance_is_the_share_of_the_models_reaction_to_each_column(frames):
     month = frames["2013-01"]
-    importance = drift.model_importance(lambda f: f["hour"].to_numpy() / 24 + 0.001 * f["temp"].fillna(0), month)
+    importance = detector.model_importance(lambda f: f["hour"].to_numpy() / 24 + 0.001 * f["temp"].fillna(0), month)
     assert sum(importance.values()) == pytest.approx(1.0)
     assert importance["hour"] > 0.8 and 0 < importance["temp"] < 0.2
     assert all(importance[c] == 0 for c in FEATURES if c not in ("hour", "temp"))
 
 
-def _result(drifted: dict[str, float | None], classifier: bool = False, prediction: bool = False) -> drift.DriftResult:
+def _result(drifted: dict[str, float | None], classifier: bool = False, prediction: bool = False) -> detector.DriftResult:
     """A DriftResult with `drifted` columns (name -> importance) over their threshold, the rest under."""
     columns = [
-        drift.ColumnDrift(c, "wasserstein", drift.DISTANCE, 1.0 if c in drifted else 0.0, 0.5, c in drifted,
+        detector.ColumnDrift(c, "wasserstein", stattests.DISTANCE, 1.0 if c in drifted else 0.0, 0.5, c in drifted,
                           importance=drifted.get(c, 0.1))
         for c in FEATURES
     ]  # fmt: skip
     auc = 0.9 if classifier else 0.5
-    return drift.DriftResult(
+    return detector.DriftResult(
         columns=columns,
         drifted_share=len(drifted) / len(FEATURES),
         drifted_count=len(drifted),
-        prediction=drift.ColumnDrift(
-            "prediction", "wasserstein", drift.DISTANCE, 0.6 if prediction else 0.1, 0.5, prediction
+        prediction=detector.ColumnDrift(
+            "prediction", "wasserstein", stattests.DISTANCE, 0.6 if prediction else 0.1, 0.5, prediction
         ),  # fmt: skip
         html="",
-        classifier=drift.ClassifierResult(auc, 0.65, classifier, {"carrier": 0.3}, (10, 10), ("carrier",)),
+        classifier=domain_classifier.ClassifierResult(auc, 0.65, classifier, {"carrier": 0.3}, (10, 10), ("carrier",)),
     )
 
 
@@ -203,7 +203,7 @@ def _result(drifted: dict[str, float | None], classifier: bool = False, predicti
     ],
 )
 def test_the_verdict_wants_drift_that_matters(drifted, classifier, prediction, verdict, first_reason):
-    result = drift.decide(_result(drifted, classifier, prediction), drift.VerdictRule())
+    result = detector.decide(_result(drifted, classifier, prediction), detector.VerdictRule())
     assert result.drifted is verdict
     if verdict:
         assert result.reasons[0].startswith(first_reason) and result.ignored == []
@@ -215,16 +215,16 @@ def test_the_verdict_wants_drift_that_matters(drifted, classifier, prediction, v
 
 def test_overrides_replace_only_their_column_and_bad_settings_are_refused(frames):
     january = frames["2013-01"]
-    default = drift.calibrate(january, drift.Calibration())
-    bands = drift.calibrate(january, drift.Calibration(overrides={"temp": 2.0}))
-    assert bands["temp"].threshold == 2.0 and bands["temp"].source == "override"
-    assert all(bands[c] == default[c] for c in FEATURES if c != "temp")
+    default = bands.calibrate(january, bands.Calibration())
+    thresholds = bands.calibrate(january, bands.Calibration(overrides={"temp": 2.0}))
+    assert thresholds["temp"].threshold == 2.0 and thresholds["temp"].source == "override"
+    assert all(thresholds[c] == default[c] for c in FEATURES if c != "temp")
     with pytest.raises(ValueError, match="unknown columns"):
-        drift.Calibration(overrides={"tmp": 1.0})
+        bands.Calibration(overrides={"tmp": 1.0})
     with pytest.raises(ValueError, match="distance method"):
-        drift.Calibration(num_method="ks")
+        bands.Calibration(num_method="ks")
     with pytest.raises(ValueError, match="classifier columns"):
-        drift.DomainClassifier(columns=("carrier", "tail_number"))
+        domain_classifier.DomainClassifier(columns=("carrier", "tail_number"))
     with pytest.raises(ValueError, match="flight_id"):
-        drift.calibrate(january.drop(columns="flight_id"), drift.Calibration())
-    assert set(CATEGORICAL_FEATURES) <= set(drift.SCHEDULE_COLUMNS)
+        bands.calibrate(january.drop(columns="flight_id"), bands.Calibration())
+    assert set(CATEGORICAL_FEATURES) <= set(domain_classifier.SCHEDULE_COLUMNS)

@@ -5,14 +5,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mlops_assets import drift
+from mlops_assets.monitoring import detector, stattests
 from mlops_assets.features import features_key, load_features
-from mlops_assets.features_spec import FEATURES, NUMERIC_FEATURES, TARGET
+from mlops_assets.features_spec import FEATURES, NUMERIC_FEATURES, ROW_KEY, TARGET
 from mlops_assets.monitoring import DriftConfig, drift_html_key
-from resources import local_resources
-from sensors.drift import live_performance_sensor
+from mlops_assets.monitoring.drift_report import SERVED_CHECK
+from mlops_assets.monitoring.served import month_bounds, served_rows
+from resources import LocalArtifactStore, ServedPredictions, local_resources
+from sensors.drift import drift_sensor, live_performance_sensor
 from tests.conftest import materialize
-from tests.sensors.support import SHIFTED, SHIFTED_COLUMN, UNCHANGED, drift_report, scaled, shifted
+from tests.sensors.support import SHIFTED, SHIFTED_COLUMN, SHIFTED_TOO, UNCHANGED, drift_report, scaled, shifted
 
 
 @pytest.mark.parametrize(
@@ -31,12 +33,12 @@ from tests.sensors.support import SHIFTED, SHIFTED_COLUMN, UNCHANGED, drift_repo
     ],
 )
 def test_drift_flag_follows_each_methods_direction(method, score, threshold, drifted):
-    assert drift.is_drifted(method, score, threshold) is drifted
+    assert stattests.is_drifted(method, score, threshold) is drifted
 
 
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="no drift rule"):
-        drift.is_drifted("mystery", 0.1, 0.1)
+        stattests.is_drifted("mystery", 0.1, 0.1)
 
 
 def test_config_builds_the_detector_and_refuses_what_it_cannot_calibrate():
@@ -51,10 +53,6 @@ def test_config_builds_the_detector_and_refuses_what_it_cannot_calibrate():
         DriftConfig(num_method="ks").calibration()
 
 
-def _write_log(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-
-
 def _record(ts: str, frame, version: str = "1") -> dict:
     def values(column):
         flat = frame[column].tolist()
@@ -65,40 +63,85 @@ def _record(ts: str, frame, version: str = "1") -> dict:
         "request_id": ts,
         "model_name": "flight_delay",
         "model_version": version,
+        "row_keys": frame[ROW_KEY].tolist(),
         "inputs": {c: values(c) for c in FEATURES},
         "outputs": {"probability": [0.5] * len(frame)},
     }
 
 
+def _ship(store, day: str, records: list[dict], tail: bytes = b"") -> str:
+    """A shipped segment of `records` (JSON lines, as the server writes them) for UTC day 'YYYY-MM-DD'."""
+    name = f"predictions-{day.replace('-', '')}-{day.replace('-', '')}T000000-4242-000001.jsonl"
+    key = f"prediction_log/{day.replace('-', '/')}/{name}"
+    store.write_bytes(key, b"".join(json.dumps(r).encode() + b"\n" for r in records) + tail)
+    return key
+
+
 @pytest.fixture
-def prediction_log(tmp_path, monitored_home) -> Path:
-    """Serving log with 400 shifted rows inside 2013-04, plus rows the reader must leave out."""
+def traffic(tmp_path, monitored_home) -> dict:
+    """Served traffic in its own store: 400 shifted rows inside 2013-04, plus records the reader must skip."""
     january = load_features(local_resources(monitored_home)["store"], ["2013-01"])
-    directory = tmp_path / "prediction_log"
-    directory.mkdir()
+    store = LocalArtifactStore(root=str(tmp_path / "served"))
     in_april = _record("2013-04-10T12:00:00.000000Z", shifted(january.head(400)))
-    in_may = _record("2013-05-02T00:00:00Z", january.head(300))
     partial = {**_record("2013-04-11T00:00:00Z", january.head(5)), "inputs": {"hour": [1, 2, 3, 4, 5]}}
-    _write_log(directory / "predictions-20130410T115959-4242-000001.jsonl", [in_april, in_may, partial])
-    # Still being written: a reader never opens it.
-    _write_log(directory / "predictions-20130412T000000-4242-000002.jsonl.open", [in_april])
-    return directory
+    # A corrupt line and a torn last line (a write cut short) are skipped and counted, never fatal.
+    _ship(store, "2013-04-10", [in_april, partial], tail=b"{not json\n" + json.dumps(in_april).encode()[:50])
+    _ship(store, "2013-05-02", [_record("2013-05-02T00:00:00Z", january.head(300))])
+    return {"store": store, "january": january}
 
 
-def test_prediction_log_reader_keeps_the_period_and_closed_segments(prediction_log):
-    rows = drift.read_prediction_log(prediction_log, *drift.month_bounds("2013-04"))
-    assert len(rows.frame) == 400 and rows.segments == 1 and rows.skipped_records == 1
-    assert rows.model_versions == ["1"] and list(rows.frame.columns) == list(FEATURES)
+def _served(resources: dict, traffic: dict, batch_fallback: bool) -> dict:
+    return {**resources, "served": ServedPredictions(store=traffic["store"], batch_fallback=batch_fallback)}
+
+
+def test_served_traffic_is_read_by_month_and_bad_records_are_counted(traffic):
+    served = ServedPredictions(store=traffic["store"])
+    log = served.read_month("2013-04")
+    assert log.segments == 1 and log.corrupt == 2 and len(log.records) == 2
+    rows = served_rows(log.records, *month_bounds("2013-04"))
+    assert len(rows.frame) == 400 and rows.requests == 1 and rows.skipped == 1 and rows.model_versions == ["1"]
+    assert list(rows.frame[ROW_KEY]) == list(traffic["january"][ROW_KEY].head(400))
     assert all(rows.frame[c].dtype == "float64" for c in NUMERIC_FEATURES)
-    assert drift.read_prediction_log(prediction_log, *drift.month_bounds("2013-06")).frame.empty
+    assert served.read_month("2013-06").records == ()
 
 
-def test_drift_report_reads_logged_requests_when_the_month_has_them(monitored_resources, prediction_log, instance):
-    # 2013-04's batch features are an unchanged training month; only the logged rows are shifted.
-    report = drift_report(monitored_resources, instance, UNCHANGED, prediction_log_dir=str(prediction_log))
-    assert report["current_source"] == "prediction_log" and report["current_rows"] == 400
-    assert report["skipped_log_records"] == 1 and report["logged_model_versions"] == "1"
+def test_drift_report_judges_served_traffic(monitored_resources, traffic, instance):
+    # 2013-04's batch features are an unchanged training month; only the served rows are shifted.
+    report = drift_report(_served(monitored_resources, traffic, False), instance, UNCHANGED)
+    assert report["current_source"] == "served_traffic" and report["current_rows"] == 400
+    assert report["corrupt_records"] == 2 and report["skipped_requests"] == 1
+    assert report["served_model_versions"] == "1" and report["served_segments"] == 1
     assert report["drifted"] is True and SHIFTED_COLUMN in report["drifted_columns"]
+    check = _served_check(instance, UNCHANGED)
+    assert check.passed is True and "400 served rows" in check.description
+
+
+def _served_check(instance, month: str) -> dg.AssetCheckEvaluation:
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("drift_report"), SERVED_CHECK), limit=10
+    )
+    (evaluation,) = [
+        r.event.dagster_event.event_specific_data
+        for r in records
+        if r.event and r.event.dagster_event and r.event.dagster_event.event_specific_data.partition == month
+    ][:1]
+    return evaluation
+
+
+@pytest.mark.parametrize("batch_fallback", [True, False])
+def test_a_month_without_served_traffic_is_never_judged_silently(monitored_resources, traffic, instance, batch_fallback):
+    report = drift_report(_served(monitored_resources, traffic, batch_fallback), instance, SHIFTED_TOO)
+    assert report["served_rows"] == 0 and "has 0 served rows" in report["no_production_data"]
+    check = _served_check(instance, SHIFTED_TOO)
+    assert check.passed is False and check.severity == dg.AssetCheckSeverity.WARN
+    if batch_fallback:  # the embedded default: the batch features stand in, and the check says so
+        assert report["current_source"] == "validated_features" and report["drifted"] is True
+        assert "batch features stood in" in report["no_production_data"]
+    else:  # production: nothing is judged, and drift_sensor's skip reason names the month
+        assert report["current_source"] == "none" and report["drifted"] is False and "columns" not in report
+        with dg.build_sensor_context(instance=instance) as context:
+            skipped = drift_sensor.evaluate_tick(context).skip_message
+        assert f"no production data: {SHIFTED_TOO}" in skipped and "batch_fallback is off" in skipped
 
 
 def _rows(report: dict) -> dict[str, dict]:
@@ -108,7 +151,7 @@ def _rows(report: dict) -> dict[str, dict]:
 def test_drift_report_metadata_thresholds_and_html(monitored_resources, monitored_home, instance):
     report = drift_report(monitored_resources, instance, SHIFTED, column_thresholds={SHIFTED_COLUMN: 5.0})
     rows = _rows(report)
-    assert set(rows) == {*FEATURES, drift.PREDICTION_COLUMN}
+    assert set(rows) == {*FEATURES, detector.PREDICTION_COLUMN}
     # The override applies to its column only; every other column keeps its calibrated band.
     assert rows[SHIFTED_COLUMN]["threshold"] == 5.0 and rows[SHIFTED_COLUMN]["drifted"] is False
     assert rows[SHIFTED_COLUMN]["threshold_source"] == "override"
@@ -121,7 +164,7 @@ def test_drift_report_metadata_thresholds_and_html(monitored_resources, monitore
     # The per-column flags agree with Evidently's own drifted-columns count.
     flagged = [c for c in FEATURES if rows[c]["drifted"]]
     assert len(flagged) == report["drifted_count"] and report["drifted_share"] == len(flagged) / len(FEATURES)
-    assert report["prediction_drifted"] is rows[drift.PREDICTION_COLUMN]["drifted"]
+    assert report["prediction_drifted"] is rows[detector.PREDICTION_COLUMN]["drifted"]
     # Silencing the column's test does not blind the month: the classifier still sees the shift.
     assert report["drifted"] is True and report["classifier_drifted"] is True
     assert report["classifier_auc"] > 0.95 and report["classifier_top_features"].startswith(SHIFTED_COLUMN)
@@ -160,7 +203,7 @@ def test_drift_report_needs_a_champion(resources):
 
 
 def _live(resources, instance, month):
-    result = materialize(["live_performance"], resources, instance=instance, partition_key=month)
+    result = materialize(["outcomes", "live_performance"], resources, instance=instance, partition_key=month)
     metadata = result.asset_materializations_for_node("live_performance")[0].metadata
     return {k: v.value for k, v in metadata.items()}
 

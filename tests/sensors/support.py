@@ -24,7 +24,6 @@ from tests.conftest import materialize, training_ops
 CHAIN = TRAINING_SELECTION  # whatever training_job runs, so the champion is made the way retraining makes it
 UNCHANGED, SHIFTED, SHIFTED_TOO = "2013-04", "2013-05", "2013-06"
 SHIFTED_COLUMN = "distance"
-NO_LOG = {"prediction_log_dir": "/nonexistent/prediction_log"}  # never read a developer's $MLOPS_HOME log
 
 _homes: dict[str, Path] = {}
 
@@ -56,7 +55,7 @@ def champion_home(features_home: Path, root: Path) -> Path:
 def drift_report(resources: dict, instance: dg.DagsterInstance, month: str, **config) -> dict:
     """Materialize drift_report for one month on `instance`; its metadata as plain values."""
     result = materialize(
-        ["drift_report"], resources, ops={"drift_report": {**NO_LOG, **config}}, instance=instance, partition_key=month
+        ["drift_report"], resources, ops={"drift_report": config}, instance=instance, partition_key=month
     )
     metadata = result.asset_materializations_for_node("drift_report")[0].metadata
     return {key: value.value for key, value in metadata.items()}

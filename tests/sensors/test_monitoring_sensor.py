@@ -1,5 +1,5 @@
 """monitoring_sensor's conditions on a real instance: new validated features bring their month's
-drift report, new batch predictions its live-performance report; a quarantined month and a new
+drift report and outcomes, new outcomes and batch predictions its live-performance report; a quarantined month and a new
 champion bring nothing, and a failed champion_model blocks nothing."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from resources import FlightSource
 from sensors.monitoring import monitoring_sensor
 from tests.conftest import materialize
 
-DRIFT, LIVE = dg.AssetKey("drift_report"), dg.AssetKey("live_performance")
+DRIFT, OUTCOMES, LIVE = dg.AssetKey("drift_report"), dg.AssetKey("outcomes"), dg.AssetKey("live_performance")
 
 
 def test_reports_follow_new_checked_data_and_ignore_champion_moves(resources, instance, tmp_path):
@@ -48,12 +48,14 @@ def test_reports_follow_new_checked_data_and_ignore_champion_moves(resources, in
     assert not quarantined.success
     second = evaluate(first.cursor)
     assert second.get_requested_partitions(DRIFT) == {"2013-02"}  # not the quarantined 2013-03
-    assert second.get_requested_partitions(LIVE) == set()  # 2013-02 has no batch predictions yet
+    assert second.get_requested_partitions(OUTCOMES) == {"2013-02"}  # its labels, derived from the features
+    assert second.get_requested_partitions(LIVE) == set()  # 2013-02 has no outcomes or batch predictions yet
 
     third = evaluate(second.cursor)
     assert third.total_requested == 0  # each update is handled once
 
     instance.report_runless_asset_event(dg.AssetMaterialization("champion_model"))
+    instance.report_runless_asset_event(dg.AssetMaterialization("outcomes", partition="2013-02"))
     instance.report_runless_asset_event(dg.AssetMaterialization("batch_predictions", partition="2013-02"))
     fourth = evaluate(third.cursor)
     assert fourth.get_requested_partitions(DRIFT) == set()  # a new champion reruns nothing

@@ -1,24 +1,29 @@
-"""drift_report and live_performance: is the champion still looking at the data it learnt from, and is it still right?
+"""drift_report: is the champion still looking at the data it learnt from?
 
-Both are monthly partitions. drift_sensor and live_performance_sensor (sensors/drift.py) read their
-metadata and request retraining; everything a person needs to overrule them is in that metadata.
+Monthly partitions. It judges the month's served traffic (resources.ServedPredictions); drift_sensor
+(sensors/drift.py) reads its metadata and requests retraining, and everything a person needs to
+overrule it is in that metadata.
 """
 
 import time
+from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mlops_assets import drift, onnx_metrics
+from mlops_assets import onnx_metrics
 from mlops_assets.features import load_features
-from mlops_assets.features_spec import FEATURES, ROW_KEY, TARGET
-from mlops_assets.inference import predictions_key
+from mlops_assets.features_spec import FEATURES, ROW_KEY
 from mlops_assets.metadata import readable
+from mlops_assets.monitoring import bands, detector, domain_classifier
+from mlops_assets.monitoring.automation import on_new_data
+from mlops_assets.monitoring.served import month_bounds, served_rows
 from mlops_assets.partitions import monthly_partitions
-from resources import ArtifactStore, MlflowRegistry
+from resources import ArtifactStore, MlflowRegistry, ServedPredictions
 from resources.mlflow_registry import CHAMPION
-from resources.settings import mlops_home
+
+SERVED_CHECK = "served_traffic"
 
 
 def drift_html_key(partition: str) -> str:
@@ -34,28 +39,7 @@ def _number(value: float) -> float | None:
     return None if np.isnan(value) else readable({"v": float(value)})["v"]
 
 
-def on_new_data(*triggers: str) -> dg.AutomationCondition:
-    """A month's report reruns once `triggers` have a new materialization for that month.
-
-    A quarantined month (a failed Great Expectations check) is not materialized, so it is never
-    reported on. A new champion does not rerun anything: it would judge every month again at once
-    and hand the sensors a burst of verdicts about the model that just replaced the one they judged.
-    """
-    return (
-        dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(*triggers)).since_last_handled()
-        # A quarantined month's latest validated_features run failed. (Checks are per asset, not per
-        # month, so "checks passed" would let one bad month block all the others.) Only the month's
-        # data counts: a refused challenger or a failed deployment says nothing about the data.
-        & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.execution_failed()).ignore(
-            dg.AssetSelection.assets("champion_model")
-        )
-        & ~dg.AutomationCondition.any_deps_missing()
-        & ~dg.AutomationCondition.any_deps_in_progress()
-        & ~dg.AutomationCondition.in_progress()
-    ).with_label(f"new {' or '.join(triggers)}")
-
-
-_CALIBRATION, _CLASSIFIER, _RULE = drift.Calibration(), drift.DomainClassifier(), drift.VerdictRule()
+_CALIBRATION, _CLASSIFIER, _RULE = bands.Calibration(), domain_classifier.DomainClassifier(), detector.VerdictRule()
 
 
 class DriftConfig(dg.Config):
@@ -67,9 +51,9 @@ class DriftConfig(dg.Config):
     standard deviations while distance, hour and day of week keep the floor (0.2).
     """
 
-    num_method: str = drift.NUM_METHOD
+    num_method: str = bands.NUM_METHOD
     """Evidently distance method for numeric columns; 'wasserstein' is normed: in reference standard deviations."""
-    cat_method: str = drift.CAT_METHOD
+    cat_method: str = bands.CAT_METHOD
     """Evidently distance method for categorical columns (carrier, origin, dest); Jensen-Shannon distance runs 0-1."""
     calibration_block_days: int = _CALIBRATION.block_days
     """Length in days of the reference blocks whose drift measures natural variation (at most half the window)."""
@@ -101,19 +85,17 @@ class DriftConfig(dg.Config):
     """Share (0-1) of the champion's sensitivity a drifted column must carry to mark the month drifted on its own."""
     drift_share: float = _RULE.drift_share
     """Share of feature columns (0-1) whose drift marks the month drifted whatever their importance."""
-    prediction_method: str = drift.PREDICTION_METHOD
+    prediction_method: str = detector.PREDICTION_METHOD
     """Evidently method comparing the champion's scores on reference rows and on the month's rows."""
-    prediction_threshold: float = drift.PREDICTION_THRESHOLD
+    prediction_threshold: float = detector.PREDICTION_THRESHOLD
     """Prediction-drift threshold in prediction_method's unit; prediction drift alone marks the month drifted."""
     seed: int = 0
     """Seed of every sample, split, shuffle and classifier, so a month's report is reproducible."""
-    prediction_log_dir: str | None = None
-    """Serving's prediction log folder; default $MLOPS_HOME/prediction_log."""
-    min_logged_rows: int = 1
-    """Logged requests of the month needed to use them as production data instead of the month's batch features."""
+    min_served_rows: int = 200
+    """Served rows the month needs to be judged on its traffic; with fewer, see ServedPredictions.batch_fallback."""
 
-    def calibration(self) -> drift.Calibration:
-        return drift.Calibration(
+    def calibration(self) -> bands.Calibration:
+        return bands.Calibration(
             num_method=self.num_method,
             cat_method=self.cat_method,
             block_days=self.calibration_block_days,
@@ -127,8 +109,8 @@ class DriftConfig(dg.Config):
             overrides=dict(self.column_thresholds),
         )
 
-    def classifier(self) -> drift.DomainClassifier:
-        return drift.DomainClassifier(
+    def classifier(self) -> domain_classifier.DomainClassifier:
+        return domain_classifier.DomainClassifier(
             columns=tuple(self.classifier_columns),
             threshold=self.classifier_threshold,
             rows=self.classifier_rows,
@@ -136,34 +118,68 @@ class DriftConfig(dg.Config):
             seed=self.seed,
         )
 
-    def rule(self) -> drift.VerdictRule:
-        return drift.VerdictRule(min_importance_share=self.min_importance_share, drift_share=self.drift_share)
+    def rule(self) -> detector.VerdictRule:
+        return detector.VerdictRule(min_importance_share=self.min_importance_share, drift_share=self.drift_share)
 
 
-def _current_rows(
-    context: dg.AssetExecutionContext, config: DriftConfig, store: ArtifactStore
-) -> tuple[pd.DataFrame, dict]:
-    """Production rows of the month: the serving log when it holds enough of them, else the month's features."""
-    partition = context.partition_key
-    directory = config.prediction_log_dir or str(mlops_home() / "prediction_log")
-    logged = drift.read_prediction_log(directory, *drift.month_bounds(partition))
-    if len(logged.frame) >= max(config.min_logged_rows, 1):
-        return logged.frame, {
-            "current_source": "prediction_log",
-            "prediction_log": dg.MetadataValue.path(directory),
-            "logged_segments": logged.segments,
-            "logged_model_versions": ", ".join(logged.model_versions),
-            "skipped_log_records": logged.skipped_records,
-        }
-    if len(logged.frame):
-        context.log.info(f"{len(logged.frame)} logged rows < min_logged_rows {config.min_logged_rows}: using features")
-    return load_features(store, [partition])[list(FEATURES)], {
-        "current_source": "validated_features",
-        "logged_rows": len(logged.frame),
+@dataclass(frozen=True)
+class CurrentRows:
+    frame: pd.DataFrame | None  # None: the month has no production data and nothing may stand in
+    metadata: dict
+    check: dg.AssetCheckResult
+
+
+def _current_rows(partition: str, config: DriftConfig, served: ServedPredictions, store: ArtifactStore) -> CurrentRows:
+    """The month's served traffic; its batch features only where the resource allows, and never silently."""
+    log = served.read_month(partition)
+    rows = served_rows(log.records, *month_bounds(partition))
+    found = {
+        "served_rows": len(rows.frame),
+        "served_requests": rows.requests,
+        "served_segments": log.segments,
+        "served_model_versions": ", ".join(rows.model_versions) or "none",
+        "corrupt_records": log.corrupt,
+        "skipped_requests": rows.skipped,
+        "served_location": served.location(),
     }
 
+    def check(passed: bool, description: str) -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(
+            check_name=SERVED_CHECK,
+            passed=passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata=found,
+            description=description,
+        )
 
-def _columns_table(result: drift.DriftResult) -> dg.MetadataValue:
+    if len(rows.frame) >= config.min_served_rows:
+        return CurrentRows(
+            rows.frame[list(FEATURES)],
+            {"current_source": "served_traffic", **found},
+            check(True, f"{partition}: judged on {len(rows.frame)} served rows from {log.segments} segments"),
+        )
+    missing = (
+        f"{partition} has {len(rows.frame)} served rows (< min_served_rows {config.min_served_rows}) "
+        f"in {served.location()}"
+    )
+    if served.batch_fallback:
+        return CurrentRows(
+            load_features(store, [partition])[list(FEATURES)],
+            {
+                "current_source": "validated_features",
+                "no_production_data": f"{missing}; batch features stood in",
+                **found,
+            },
+            check(False, f"{missing}: judged on the month's batch features instead (batch_fallback is on)"),
+        )
+    return CurrentRows(
+        None,
+        {"current_source": "none", "no_production_data": f"{missing}; not judged (batch_fallback is off)", **found},
+        check(False, f"{missing}: not judged, since batch data may not stand in (batch_fallback is off)"),
+    )
+
+
+def _columns_table(result: detector.DriftResult) -> dg.MetadataValue:
     rows = [*result.columns, *([result.prediction] if result.prediction else [])]
     return dg.MetadataValue.table(
         records=[
@@ -204,14 +220,14 @@ def _columns_table(result: drift.DriftResult) -> dg.MetadataValue:
     )
 
 
-def _classifier_metadata(result: drift.DriftResult, config: DriftConfig) -> dict:
+def _classifier_metadata(result: detector.DriftResult, config: DriftConfig) -> dict:
     classifier = result.classifier
     if classifier is None:
         return {
             "classifier_drifted": False,
             "classifier_auc": dg.MetadataValue.null(),
             "classifier_threshold": config.classifier_threshold,
-            "classifier_note": f"not run: a side has fewer than {drift.MIN_CLASSIFIER_ROWS} rows",
+            "classifier_note": f"not run: a side has fewer than {domain_classifier.MIN_CLASSIFIER_ROWS} rows",
         }
     return {
         "classifier_drifted": classifier.drifted,
@@ -232,9 +248,22 @@ def _classifier_metadata(result: drift.DriftResult, config: DriftConfig) -> dict
     kinds={"evidently", "html"},
     deps=["validated_features", "champion_model"],
     automation_condition=on_new_data("validated_features"),
+    check_specs=[
+        dg.AssetCheckSpec(
+            SERVED_CHECK,
+            asset="drift_report",
+            blocking=False,  # a warning a person sees, not a gate: nothing downstream waits on a drift report
+            description="The month was judged on traffic the server answered, not on batch data standing in.",
+            partitions_def=monthly_partitions,
+        )
+    ],
 )
 def drift_report(
-    context: dg.AssetExecutionContext, config: DriftConfig, store: ArtifactStore, registry: MlflowRegistry
+    context: dg.AssetExecutionContext,
+    config: DriftConfig,
+    store: ArtifactStore,
+    served: ServedPredictions,
+    registry: MlflowRegistry,
 ) -> dg.MaterializeResult:
     """How far this month's production data has moved from the champion's training data, and whether it matters."""
     started = time.perf_counter()
@@ -252,14 +281,30 @@ def drift_report(
 
     # flight_id stays on the reference: calibration places its rows in time by it.
     reference = load_features(store, reference_months)[[ROW_KEY, *FEATURES]]
-    current, source = _current_rows(context, config, store)
+    current = _current_rows(context.partition_key, config, served, store)
+    if current.frame is None:
+        context.log.warning(current.metadata["no_production_data"])
+        return dg.MaterializeResult(
+            metadata=readable(
+                {
+                    "drifted": False,
+                    **current.metadata,
+                    "champion_version": version,
+                    "reference_months": ", ".join(reference_months),
+                    "elapsed_s": round(time.perf_counter() - started, 3),
+                }
+            ),
+            check_results=[current.check],
+        )
+    if "no_production_data" in current.metadata:
+        context.log.warning(current.metadata["no_production_data"])
     # The champion scores both sides (so a change of serving version cannot pose as drift) and the
     # shuffled reference rows that measure each column's importance to it.
     champion_session = onnx_metrics.session(registry.onnx_bytes(version))
 
-    result = drift.compute_drift(
+    result = detector.compute_drift(
         reference,
-        current,
+        current.frame,
         calibration,
         classifier=classifier,
         rule=rule,
@@ -307,120 +352,12 @@ def drift_report(
                 "champion_version": version,
                 "reference_months": ", ".join(reference_months),
                 "reference_rows": len(reference),
-                "current_rows": len(current),
-                **source,
+                "current_rows": len(current.frame),
+                **current.metadata,
                 "report_url": dg.MetadataValue.url(report_url),
                 "report": _link(store, drift_html_key(context.partition_key)),
                 "elapsed_s": round(time.perf_counter() - started, 3),
             }
-        )
-    )
-
-
-class LivePerformanceConfig(dg.Config):
-    auc_margin: float = 0.05
-    """ROC AUC (absolute) the month may lose against the scoring version's evaluation-time AUC."""
-    brier_margin: float = 0.03
-    """Brier score (absolute) the month may gain against the evaluation-time Brier score."""
-    calibration_bins: int = 10
-    """Equal-width score bins for the calibration table and the expected calibration error."""
-    min_labelled_rows: int = 500
-    """Fewest predictions with a known outcome needed to judge the month."""
-
-
-def calibration(labels: np.ndarray, scores: np.ndarray, bins: int) -> tuple[float, list[dict]]:
-    """Expected calibration error (row-weighted mean |observed rate - mean score| over bins) and the bins."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
-    table, error = [], 0.0
-    for b in range(bins):
-        mask = index == b
-        if not mask.any():
-            continue
-        predicted, observed = float(scores[mask].mean()), float(labels[mask].mean())
-        error += mask.sum() / len(scores) * abs(observed - predicted)
-        table.append(
-            {"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "rows": int(mask.sum()), "predicted": predicted,
-             "observed": observed}
-        )  # fmt: skip
-    return float(error), table
-
-
-@dg.asset(
-    partitions_def=monthly_partitions,
-    group_name="monitoring",
-    kinds={"mlflow", "parquet"},
-    deps=["batch_predictions", "validated_features"],
-    automation_condition=on_new_data("batch_predictions", "validated_features"),
-    # No asset check here: checks in this project are blocking gates, and a worse month must not
-    # block anything. The verdict is in the metadata, and live_performance_sensor acts on it.
-)
-def live_performance(
-    context: dg.AssetExecutionContext, config: LivePerformanceConfig, store: ArtifactStore, registry: MlflowRegistry
-) -> dg.MaterializeResult:
-    """How well the month's batch predictions did once the true outcomes arrived, against evaluation-time figures."""
-    partition = context.partition_key
-    if not store.exists(predictions_key(partition)):
-        raise dg.Failure(f"batch_predictions has no partition {partition}: materialize it first")
-    predictions = store.read_frame(predictions_key(partition))
-    # The outcome (is_late) travels with the validated features here; in production it arrives weeks
-    # after the prediction, which is why this asset is materialized separately from scoring.
-    outcomes = load_features(store, [partition])[[ROW_KEY, TARGET]]
-    joined = predictions.merge(outcomes, on=ROW_KEY, how="inner").dropna(subset=[TARGET, "score"])
-    if len(joined) < config.min_labelled_rows:
-        raise dg.Failure(
-            f"only {len(joined)} of {len(predictions)} predictions of {partition} have an outcome yet "
-            f"(< min_labelled_rows {config.min_labelled_rows}): try again when the labels have arrived"
-        )
-    versions = joined["model_version"].astype(str).value_counts()
-    version = str(versions.index[0])  # one version scores a partition; the majority if a re-score was cut short
-    tags = registry.client().get_model_version(registry.model_name, version).tags
-    if "eval_auc" not in tags or "eval_brier" not in tags:
-        raise dg.Failure(f"version {version} has no eval_auc/eval_brier tags to compare with")
-    eval_auc, eval_brier = float(tags["eval_auc"]), float(tags["eval_brier"])
-
-    labels, scores = joined[TARGET].to_numpy(int), joined["score"].to_numpy(float)
-    live = onnx_metrics.predictive(labels, scores)
-    ece, bins = calibration(labels, scores, config.calibration_bins)
-    auc_drop, brier_rise = eval_auc - live["auc"], live["brier"] - eval_brier
-    auc_text = f"AUC {live['auc']:.4f} vs evaluation {eval_auc:.4f}"
-    brier_text = f"Brier {live['brier']:.4f} vs evaluation {eval_brier:.4f}"
-    problems = []
-    if auc_drop > config.auc_margin:
-        problems.append(f"{auc_text}: dropped {auc_drop:.4f} > margin {config.auc_margin}")
-    if brier_rise > config.brier_margin:
-        problems.append(f"{brier_text}: rose {brier_rise:.4f} > margin {config.brier_margin}")
-    degraded = bool(problems)
-    reason = "; ".join(problems) or f"{auc_text}, {brier_text}: within margins"
-    figures = {
-        "auc": live["auc"],
-        "brier": live["brier"],
-        "expected_calibration_error": ece,
-        "mean_score": float(scores.mean()),
-        "observed_late_rate": float(labels.mean()),
-        "eval_auc": eval_auc,
-        "eval_brier": eval_brier,
-        "auc_drop": auc_drop,
-        "brier_increase": brier_rise,
-        "auc_margin": config.auc_margin,
-        "brier_margin": config.brier_margin,
-    }
-    return dg.MaterializeResult(
-        metadata=readable(
-            {
-                **figures,
-                "degraded": degraded,
-                "reason": reason,
-                "model_version": version,
-                "evaluation_month": tags.get("evaluation_month", "unknown"),
-                "labelled_rows": len(joined),
-                "predictions": len(predictions),
-                "calibration": dg.MetadataValue.md(
-                    "| score bin | rows | mean score | observed late rate |\n|---|---|---|---|\n"
-                    + "\n".join(
-                        f"| {b['bin']} | {b['rows']} | {b['predicted']:.3f} | {b['observed']:.3f} |" for b in bins
-                    )
-                ),
-            }
         ),
+        check_results=[current.check],
     )
