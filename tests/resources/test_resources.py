@@ -9,6 +9,15 @@ def _roundtrip(store):
     store.write_frame("predictions/2013-01.parquet", frame)
     assert store.exists("predictions/2013-01.parquet")
     pd.testing.assert_frame_equal(store.read_frame("predictions/2013-01.parquet"), frame)
+    store.write_bytes("prediction_log/2013/01/31/a.jsonl", b"{}\n")
+    store.write_bytes("prediction_log/2013/02/01/b.jsonl", b"{}\n")
+    # A prefix listing: a month of shipped segments, and nothing of the month beside it.
+    assert store.list_keys("prediction_log/2013/01/") == ["prediction_log/2013/01/31/a.jsonl"]
+    assert store.list_keys("prediction_log/2013/") == [
+        "prediction_log/2013/01/31/a.jsonl",
+        "prediction_log/2013/02/01/b.jsonl",
+    ]
+    assert store.list_keys("prediction_log/2014/") == []
     store.delete("predictions/2013-01.parquet")
     assert not store.exists("predictions/2013-01.parquet")
 
