@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_assets.monitoring import bands, detector, domain_classifier, stattests
 from mlops_assets.features import load_features
 from mlops_assets.features_spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+from mlops_assets.monitoring import bands, detector, domain_classifier, stattests
 from resources import local_resources
 
 WINDOW = ("2013-01", "2013-02", "2013-03")
@@ -147,7 +147,9 @@ def test_a_shift_only_in_combinations_is_caught_by_the_domain_classifier(frames,
     month = frames["2013-02"]
     shuffled = month.assign(carrier=np.random.default_rng(0).permutation(month["carrier"].to_numpy()))
     for column in FEATURES:
-        assert stattests.column_score(thresholds[column].method, column, month[column], shuffled[column]) == pytest.approx(0)
+        assert stattests.column_score(
+            thresholds[column].method, column, month[column], shuffled[column]
+        ) == pytest.approx(0)
     result = detector.compute_drift(reference, shuffled)
     assert result.drifted_columns == [] and result.drifted is True
     assert result.classifier.auc >= 0.8 and result.classifier.top()[0] == "carrier"
@@ -169,7 +171,9 @@ def test_importance_is_the_share_of_the_models_reaction_to_each_column(frames):
     assert all(importance[c] == 0 for c in FEATURES if c not in ("hour", "temp"))
 
 
-def _result(drifted: dict[str, float | None], classifier: bool = False, prediction: bool = False) -> detector.DriftResult:
+def _result(
+    drifted: dict[str, float | None], classifier: bool = False, prediction: bool = False
+) -> detector.DriftResult:
     """A DriftResult with `drifted` columns (name -> importance) over their threshold, the rest under."""
     columns = [
         detector.ColumnDrift(c, "wasserstein", stattests.DISTANCE, 1.0 if c in drifted else 0.0, 0.5, c in drifted,

@@ -1,14 +1,12 @@
 import json
 import math
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from mlops_assets.monitoring import detector, stattests
 from mlops_assets.features import features_key, load_features
 from mlops_assets.features_spec import FEATURES, NUMERIC_FEATURES, ROW_KEY, TARGET
-from mlops_assets.monitoring import DriftConfig, drift_html_key
+from mlops_assets.monitoring import DriftConfig, detector, drift_html_key, stattests
 from mlops_assets.monitoring.drift_report import SERVED_CHECK
 from mlops_assets.monitoring.served import month_bounds, served_rows
 from resources import LocalArtifactStore, ServedPredictions, local_resources
@@ -129,7 +127,9 @@ def _served_check(instance, month: str) -> dg.AssetCheckEvaluation:
 
 
 @pytest.mark.parametrize("batch_fallback", [True, False])
-def test_a_month_without_served_traffic_is_never_judged_silently(monitored_resources, traffic, instance, batch_fallback):
+def test_a_month_without_served_traffic_is_never_judged_silently(
+    monitored_resources, traffic, instance, batch_fallback
+):
     report = drift_report(_served(monitored_resources, traffic, batch_fallback), instance, SHIFTED_TOO)
     assert report["served_rows"] == 0 and "has 0 served rows" in report["no_production_data"]
     check = _served_check(instance, SHIFTED_TOO)
