@@ -1,15 +1,14 @@
 """The prediction log: every (sampled) request's inputs and outputs, as rotated JSONL segments.
 
-Format (read by the drift_report asset as its production data; keep it stable):
+The record format and the segment names are serving/log_records.py (the pipeline reads them back).
 
 - folder: `$MLOPS_HOME/prediction_log` by default (`MLOPS_HOME` defaults to `./.mlops`); the worker
   processes of one server share it;
-- segments: `predictions-<UTC yyyymmddTHHMMSS>-<pid>-<seq>.jsonl`, written under the name
-  `<segment>.jsonl.open` and renamed to `.jsonl` once complete (rotated by size or age, or closed
-  on shutdown), so a reader only ever reads complete files;
-- one JSON object a line: `{"ts": ISO-8601 UTC, "request_id": str, "model_name": str,
-  "model_version": str, "inputs": {name: [flat values]}, "outputs": {name: [flat values]}}`;
-  non-finite floats are written as null.
+- a segment holds the records of one UTC event day: a record of another day closes it (for live traffic,
+  the midnight rotation). It is written as `<segment>.jsonl.open` and renamed to `.jsonl` once complete
+  (rotated by size, age or day, or closed on shutdown), so a reader only ever reads complete files;
+- with `ship_to`, each closed segment is uploaded to the artifact store and only then deleted here
+  (serving/log_shipping.py).
 
 The request path only appends a reference to the arrays to a bounded buffer; a background thread
 serializes and writes. The writer holds `flock(LOCK_EX)` on each `.open` segment while it has it open,
@@ -24,7 +23,8 @@ fsync is logged too, though what the kernel lost cannot be counted.
 Defaults, each a bound: sample rate 1.0; a segment closes at 64 MiB or 300 s, so readers see records
 within minutes; the folder's closed segments are kept to 1 GiB, oldest deleted first (counted in
 `mlops_serve_prediction_log_evicted_bytes`), so a pod is never evicted for filling its disk with its
-own log; `close()` waits a bounded time, so a wedged disk cannot hang a shutdown.
+own log, even while the artifact store is down; `close()` waits a bounded time, so a wedged disk or
+store cannot hang a shutdown.
 """
 
 from __future__ import annotations
@@ -33,89 +33,28 @@ import collections
 import contextlib
 import errno
 import fcntl
-import itertools
-import json
 import logging
 import os
 import random
 import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-try:  # optional: about 20x faster on numeric arrays; the stdlib fallback writes the same format
-    import orjson
-except ImportError:  # pragma: no cover - exercised by forcing the fallback in tests
-    orjson = None
+from serving.log_records import encode_record, new_segment_name, record_day
 
 log = logging.getLogger("serving.prediction_log")
 
 OPEN_SUFFIX = ".jsonl.open"
 DONE_SUFFIX = ".jsonl"
 WARN_INTERVAL_S = 10.0  # at most one warning line per drop reason in this time
-_SEQUENCE = itertools.count(1)  # shared by every log in the process, so their segment names never collide
 
 
 def default_directory() -> Path:
     return Path(os.environ.get("MLOPS_HOME", "./.mlops")) / "prediction_log"
-
-
-def _fast_values(array: np.ndarray):
-    flat = np.ascontiguousarray(array).reshape(-1)
-    if flat.dtype.kind in "SO":
-        return _values(flat)
-    return flat  # orjson writes numeric arrays itself, NaN/Inf as null
-
-
-def encode_record(
-    ts: float,
-    request_id: str,
-    model_name: str,
-    model_version: str,
-    inputs: dict[str, np.ndarray],
-    outputs: dict[str, np.ndarray],
-    fast: bool = True,
-) -> bytes:
-    """One JSONL line (with its newline) in the prediction log's format."""
-    if fast and orjson is not None:
-        return orjson.dumps(
-            {
-                "ts": _iso(ts),
-                "request_id": request_id,
-                "model_name": model_name,
-                "model_version": model_version,
-                "inputs": {k: _fast_values(v) for k, v in inputs.items()},
-                "outputs": {k: _fast_values(v) for k, v in outputs.items()},
-            },
-            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE,
-        )
-    line = json.dumps(
-        {
-            "ts": _iso(ts),
-            "request_id": request_id,
-            "model_name": model_name,
-            "model_version": model_version,
-            "inputs": {k: _values(v) for k, v in inputs.items()},
-            "outputs": {k: _values(v) for k, v in outputs.items()},
-        },
-        separators=(",", ":"),
-    )
-    return (line + "\n").encode("utf-8")
-
-
-def _values(array: np.ndarray) -> list:
-    flat = array.reshape(-1)
-    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-        return [v if np.isfinite(v) else None for v in flat.tolist()]
-    if flat.dtype.kind in "SO":
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in flat.tolist()]
-    return flat.tolist()
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 # --- segments on disk ------------------------------------------------------------------------------
@@ -145,7 +84,7 @@ def _complete_size(fd: int) -> int:
     return 0
 
 
-def _cause(error: Exception) -> str:
+def error_cause(error: Exception) -> str:
     if isinstance(error, OSError) and error.errno is not None:
         return errno.errorcode.get(error.errno, str(error.errno))
     return type(error).__name__
@@ -179,7 +118,7 @@ def seal_segment(path: Path) -> int | None:
     except OSError as error:
         log.warning(
             "could not close a prediction log segment",
-            extra={"segment": str(path), "errno": _cause(error)},
+            extra={"segment": str(path), "errno": error_cause(error)},
         )
         return None
 
@@ -191,6 +130,29 @@ def recover_segments(directory: Path) -> list[Path]:
         if seal_segment(path):
             recovered.append(_closed_name(path))
     return recovered
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def claimed(path: Path) -> Iterator[int | None]:
+    """A closed segment's descriptor under our exclusive lock, or None when another process holds it
+    (shipping or evicting it) or it is gone: no two processes ship or delete one segment at once."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        yield fd if _try_lock(fd) and _names(path, fd) else None
+    finally:
+        os.close(fd)
 
 
 def _create_locked(path: Path) -> int | None:
@@ -248,9 +210,13 @@ class PredictionLog:
         flush_interval_s: float = 0.05,
         stats=None,
         fast_json: bool = True,
+        ship_to: str | None = None,
+        ship_backoff_s: tuple[float, float] = (1.0, 60.0),
     ):
         """`max_bytes`/`max_age_s` close a segment; `max_total_bytes` caps the folder's closed
-        segments (0: unlimited); `stats` is a `serving.metrics.ServerStats`."""
+        segments (0: unlimited); `stats` is a `serving.metrics.ServerStats`; `ship_to` is the artifact
+        store's URI (a folder, `file://...` or `s3://bucket/prefix`) that closed segments are shipped
+        to (None: they stay here), retried after the first to the last of `ship_backoff_s` seconds."""
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError("sample_rate must be within [0, 1]")
         if max_total_bytes < 0:
@@ -269,6 +235,7 @@ class PredictionLog:
         self._stop = threading.Event()
         self._file = None  # the open segment (unbuffered, closefd=False: we close the descriptor)
         self._path: Path | None = None
+        self._day: date | None = None  # the open segment's event day
         self._opened_at = 0.0
         self._bytes = 0
         self.written = 0
@@ -277,6 +244,11 @@ class PredictionLog:
         self._warned_at: dict[str, float] = {}
         for path in recover_segments(self.directory):
             log.warning("recovered an unclosed prediction log segment", extra={"segment": str(path)})
+        self.shipper = None
+        if ship_to is not None:
+            from serving.log_shipping import Shipper  # log_shipping builds on this module's segment helpers
+
+            self.shipper = Shipper(self.directory, ship_to, stats=stats, backoff_s=ship_backoff_s)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -293,15 +265,20 @@ class PredictionLog:
         model_version: str,
         inputs: dict[str, np.ndarray],
         outputs: dict[str, np.ndarray],
+        *,
+        row_keys: list[str] | None = None,
+        event_ts: float | None = None,
     ) -> bool:
-        """Buffer one record (arrays are referenced, not copied); False when it had to be dropped."""
+        """Buffer one record (arrays are referenced, not copied); False when it had to be dropped.
+        `row_keys`: one per row, to join outcomes later; `event_ts`: when the rows happened (epoch s),
+        which picks the record's segment day; the receive time when not given."""
         if self._stop.is_set():
             self._lose("closed", 1)
             return False
         if len(self._buffer) >= self.buffer_size:
             self._lose("buffer_full", 1)
             return False
-        self._buffer.append((time.time(), request_id, model_name, model_version, inputs, outputs))
+        self._buffer.append((time.time(), request_id, model_name, model_version, inputs, outputs, row_keys, event_ts))
         return True
 
     def _lose(self, reason: str, records: int, error: Exception | None = None) -> None:
@@ -315,7 +292,7 @@ class PredictionLog:
         if now - self._warned_at.get(reason, -WARN_INTERVAL_S) < WARN_INTERVAL_S:
             return
         self._warned_at[reason] = now
-        cause = _cause(error) if error is not None else reason
+        cause = error_cause(error) if error is not None else reason
         log.warning(
             "prediction log dropped %d records (%s); %d in all",
             records,
@@ -339,31 +316,41 @@ class PredictionLog:
 
     def _write_buffered(self) -> None:
         buffer = self._buffer
-        pending: list[bytes] = []
+        pending: list[bytes] = []  # lines of one event day: `day`, that of the open segment if any
         size = 0
+        day = self._day if self._file is not None else None
         while buffer:
-            line = self._encode(buffer.popleft())
-            if line is None:
+            encoded = self._encode(buffer.popleft())
+            if encoded is None:
                 continue
+            line, line_day = encoded
+            if line_day != day:  # a segment holds one day, so a day's data is one prefix of the store
+                if pending:
+                    self._write(pending, size, day)
+                    pending, size = [], 0
+                self._close_segment()
+                day = line_day
             pending.append(line)
             size += len(line)
             if self._bytes + size >= self.max_bytes or len(pending) >= 4096:
-                self._write(pending, size)
+                self._write(pending, size, day)
                 pending, size = [], 0
         if pending:
-            self._write(pending, size)
+            self._write(pending, size, day)
 
-    def _encode(self, record: tuple) -> bytes | None:
+    def _encode(self, record: tuple) -> tuple[bytes, date] | None:
+        *fields, row_keys, event_ts = record
         try:
-            return encode_record(*record, fast=self.fast_json)
-        except (TypeError, ValueError) as error:  # a value JSON cannot hold: only this record is lost
+            line = encode_record(*fields, row_keys=row_keys, event_ts=event_ts, fast=self.fast_json)
+            return line, record_day(fields[0], event_ts)
+        except (TypeError, ValueError, OverflowError) as error:  # a value JSON or a date cannot hold
             self._lose("encode_error", 1, error)
             return None
 
-    def _write(self, lines: list[bytes], size: int) -> None:
+    def _write(self, lines: list[bytes], size: int, day: date) -> None:
         try:
             if self._file is None:
-                self._open_segment()
+                self._open_segment(day)
             data = memoryview(b"".join(lines))
             while data:  # a short write (the disk filling up) is followed by the error
                 data = data[self._file.write(data) :]
@@ -380,14 +367,13 @@ class PredictionLog:
         if self._stats is not None:
             self._stats.log_written += records
 
-    def _open_segment(self) -> None:
+    def _open_segment(self, day: date) -> None:
         for _ in range(3):  # a new name when another process took or sealed the last one
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-            path = self.directory / f"predictions-{stamp}-{os.getpid()}-{next(_SEQUENCE):06d}{OPEN_SUFFIX}"
+            path = self.directory / (new_segment_name(day) + ".open")
             fd = _create_locked(path)
             if fd is not None:
                 self._file = open(fd, "wb", buffering=0, closefd=False)  # noqa: SIM115 - open across calls
-                self._path, self._opened_at, self._bytes = path, time.monotonic(), 0
+                self._path, self._day, self._opened_at, self._bytes = path, day, time.monotonic(), 0
                 return
         raise OSError(errno.EEXIST, "no free prediction log segment name", str(path))
 
@@ -401,7 +387,7 @@ class PredictionLog:
             self._fail(error, [])
             return
         self._release()
-        self._evict()
+        self._closed()
 
     def _release(self, error: OSError | None = None) -> None:
         """Forget the segment and close its descriptor, which releases its lock."""
@@ -420,7 +406,13 @@ class PredictionLog:
         kept = _whole_lines(lines, size - start) if size is not None else 0
         self._count_written(kept)
         self._lose("write_error", len(lines) - kept, error)
+        self._closed()
+
+    def _closed(self) -> None:
+        """A segment was closed: keep the folder within bounds and have the shipper take it."""
         self._evict()
+        if self.shipper is not None:
+            self.shipper.notify()
 
     def _evict(self) -> None:
         """Delete the oldest closed segments until the folder's closed segments fit in max_total_bytes."""
@@ -434,11 +426,12 @@ class PredictionLog:
                 if excess <= 0:
                     break
                 excess -= size
-                with contextlib.suppress(FileNotFoundError):  # another worker evicted it first
-                    path.unlink()
-                    evicted, freed = evicted + 1, freed + size
+                with claimed(path) as fd:
+                    if fd is not None:  # else being shipped or evicted by another worker: it leaves anyway
+                        path.unlink()
+                        evicted, freed = evicted + 1, freed + size
         except OSError as error:
-            log.warning("prediction log retention failed", extra={"errno": _cause(error)})
+            log.warning("prediction log retention failed", extra={"errno": error_cause(error)})
         if evicted:
             if self._stats is not None:
                 self._stats.log_evicted_bytes += freed
@@ -450,10 +443,13 @@ class PredictionLog:
             )
 
     def close(self, timeout: float | None = 30.0) -> bool:
-        """Write everything buffered, close the open segment (renamed to .jsonl) and stop.
+        """Write everything buffered, close the open segment (renamed to .jsonl), ship what is closed
+        and stop.
 
-        True when the writer finished within `timeout`; False when it is still busy (a wedged disk):
-        the records it has not written yet go with the process."""
+        True when the writer and the shipper finished within `timeout`; False when one is still busy (a
+        wedged disk or store): the records not written yet go with the process, the segments not shipped
+        yet stay for the next start."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._stop.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -466,4 +462,6 @@ class PredictionLog:
         if self._buffer:  # submitted while the writer was finishing
             self._lose("closed", len(self._buffer))
             self._buffer.clear()
-        return True
+        if self.shipper is None:
+            return True
+        return self.shipper.close(None if deadline is None else max(0.0, deadline - time.monotonic()))

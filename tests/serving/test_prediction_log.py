@@ -1,5 +1,5 @@
-"""The prediction log on real files and real processes: the format, rotation, write failures,
-recovery of segments left open by a killed process, retention and a bounded close."""
+"""The prediction log on real files and real processes: rotation (by size and by event day), write
+failures, recovery of segments left open by a killed process, retention and a bounded close."""
 
 from __future__ import annotations
 
@@ -11,17 +11,19 @@ import re
 import signal
 import subprocess
 import sys
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pytest
 
+from serving.log_records import decode_segment, segment_day
 from serving.metrics import ServerStats
-from serving.prediction_log import PredictionLog, encode_record, recover_segments
+from serving.prediction_log import PredictionLog, recover_segments
 from tests.serving.support import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-SEGMENT = re.compile(r"^predictions-\d{8}T\d{6}-\d+-\d+\.jsonl$")
+SEGMENT = re.compile(r"^predictions-\d{8}-\d{8}T\d{6}-\d+-\d+\.jsonl$")  # <event day>-<opened>-<pid>-<seq>
 ARRAYS = {"x": np.arange(16, dtype=np.float32)}
 
 
@@ -73,7 +75,7 @@ def test_prediction_log_rotation_sampling_and_recovery(tmp_path):
     records = read_log(folder)
     assert [r["request_id"] for r in records] == [f"r{i}" for i in range(30)]
     assert records[0]["outputs"]["y"] == [None, 1.0]  # non-finite floats become null
-    assert len({s.name.split("-")[3] for s in segments}) == len(segments)  # distinct sequence numbers
+    assert len({s.name.split("-")[4] for s in segments}) == len(segments)  # distinct sequence numbers
 
     never = PredictionLog(tmp_path / "never", sample_rate=0.0)
     assert not any(never.sampled() for _ in range(1000))
@@ -84,33 +86,39 @@ def test_prediction_log_rotation_sampling_and_recovery(tmp_path):
     assert 1500 < picked < 2500
 
     # A segment left open by a dead process: the torn last line is dropped and the file closed.
-    dead = folder / "predictions-20260101T000000-999999999-000001.jsonl.open"
+    dead = folder / "predictions-20260101-20260101T000000-999999999-000001.jsonl.open"
     dead.write_text('{"request_id": "ok"}\n{"request_id": "tor')
     recovered = recover_segments(folder)
-    assert [p.name for p in recovered] == ["predictions-20260101T000000-999999999-000001.jsonl"]
+    assert [p.name for p in recovered] == ["predictions-20260101-20260101T000000-999999999-000001.jsonl"]
     assert recovered[0].read_text() == '{"request_id": "ok"}\n'
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_prediction_log_encodings_agree(fast):
-    """orjson (when installed) and the stdlib fallback write the same records."""
-    inputs = {
-        "temp": np.array([[0.1], [np.nan], [np.inf]], np.float32),
-        "carrier": np.array([["AA"], ["B6"], ["ü"]], dtype=object),
-        "count": np.array([[1], [2], [3]], np.int64),
-        "flag": np.array([[True], [False], [True]]),
-    }
-    outputs = {"probability": np.arange(6, dtype=np.float32).reshape(3, 2)[:, :1]}  # a non-contiguous view
-    line = encode_record(0.0, "r1", "m", "7", inputs, outputs, fast=fast)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    record = json.loads(line)
-    assert record["ts"] == "1970-01-01T00:00:00.000000Z"
-    assert (record["request_id"], record["model_name"], record["model_version"]) == ("r1", "m", "7")
-    assert record["inputs"]["temp"][1:] == [None, None]
-    assert np.float32(record["inputs"]["temp"][0]) == np.float32(0.1)
-    assert record["inputs"]["carrier"] == ["AA", "B6", "ü"]
-    assert record["inputs"]["count"] == [1, 2, 3] and record["inputs"]["flag"] == [True, False, True]
-    assert record["outputs"]["probability"] == [0.0, 2.0, 4.0]
+def utc(*args) -> float:
+    return datetime(*args, tzinfo=UTC).timestamp()
+
+
+def test_each_segment_holds_one_event_day(tmp_path):
+    """A record of another day closes the segment, so a day's data is exactly its own segments."""
+    log = PredictionLog(tmp_path, flush_interval_s=60)  # all buffered: one write pass sees every day change
+    days = [(2013, 12, 1, 23, 59, 59), (2013, 12, 1, 12), (2013, 12, 2, 0, 0, 0), (2013, 12, 1, 8)]
+    for i, when in enumerate(days):
+        log.submit(f"e{i}", "m", "1", ARRAYS, ARRAYS, row_keys=[f"k{i}:{j}" for j in range(16)], event_ts=utc(*when))
+    log.submit("live", "m", "1", ARRAYS, ARRAYS)  # no event time: the day it was received
+    bad = log.submit("nan", "m", "1", ARRAYS, ARRAYS, event_ts=float("nan"))
+    assert bad and log.close(5)
+
+    segments = sorted(tmp_path.glob("*.jsonl"), key=lambda p: p.name.split("-")[4])  # in the order written
+    assert all(SEGMENT.match(p.name) for p in segments) and not list(tmp_path.glob("*.open"))
+    decoded = [decode_segment(p.read_bytes()) for p in segments]
+    assert [[r.request_id for r in d.records] for d in decoded] == [["e0", "e1"], ["e2"], ["e3"], ["live"]]
+    assert all(d.corrupt == 0 for d in decoded)
+    for path, segment in zip(segments, decoded, strict=True):
+        assert {r.time.date() for r in segment.records} == {segment_day(path.name)}
+    assert segment_day(segments[-1].name) == datetime.now(UTC).date() != date(2013, 12, 1)
+    first = decoded[0].records[0]
+    assert first.time == datetime(2013, 12, 1, 23, 59, 59, tzinfo=UTC) and first.received > first.time
+    assert first.row_keys == tuple(f"k0:{j}" for j in range(16))
+    assert log.dropped == 1  # the NaN event time, counted as encode_error
 
 
 # --- write failures ----------------------------------------------------------------------------------
@@ -207,8 +215,8 @@ def test_segments_of_killed_processes_are_recovered_and_live_ones_left_alone(tmp
     with open(killed, "ab") as segment:
         segment.write(b'{"request_id": "tor')  # a write the kill cut short
     # Under our own (live) pid: only the lock says whether a writer still holds the segment.
-    stamp = killed.name.split("-")[1]
-    reused = killed.rename(tmp_path / f"predictions-{stamp}-{os.getpid()}-000001.jsonl.open")
+    day, stamp = killed.name.split("-")[1:3]
+    reused = killed.rename(tmp_path / f"predictions-{day}-{stamp}-{os.getpid()}-000001.jsonl.open")
     live_bytes = live.read_bytes()
 
     PredictionLog(tmp_path).close()
@@ -226,7 +234,7 @@ def test_segments_of_killed_processes_are_recovered_and_live_ones_left_alone(tmp
 
 
 def test_retention_deletes_the_oldest_closed_segments_and_counts_the_bytes(tmp_path, warnings):
-    old = [tmp_path / f"predictions-2020010{day}T000000-1-000001.jsonl" for day in (1, 2, 3)]
+    old = [tmp_path / f"predictions-2020010{day}-2020010{day}T000000-1-000001.jsonl" for day in (1, 2, 3)]
     for path in old:
         path.write_bytes(b'{"request_id":"old"}\n' * 50)  # 1050 bytes each
     stats = ServerStats()

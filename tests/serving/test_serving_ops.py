@@ -24,7 +24,7 @@ from tests.serving.support import MODEL, REPO_ROOT, http_get, infer_inputs, wait
 
 pytestmark = pytest.mark.timeout(180)
 
-SEGMENT = re.compile(r"^predictions-\d{8}T\d{6}-\d+-\d+\.jsonl$")
+SEGMENT = re.compile(r"^predictions-\d{8}-\d{8}T\d{6}-\d+-\d+\.jsonl$")
 
 
 def read_log(folder) -> list[dict]:
@@ -349,7 +349,7 @@ def test_workers_share_one_port(serve_process, model_files, tmp_path):
     )
     assert "mlops_serve_workers 2.0" in http_get(server.http + "/metrics")[1]
     assert server.terminate(timeout=60) == 0
-    assert len({p.name.split("-")[2] for p in (tmp_path / "plog").glob("*.jsonl")}) == 2
+    assert len({p.name.split("-")[3] for p in (tmp_path / "plog").glob("*.jsonl")}) == 2
 
 
 def test_serving_never_imports_dagster():
