@@ -13,12 +13,15 @@ and one set of rows serve every target:
 - `serve_all_features`: batching, NaN/Inf validation, the prediction log (every request) and a
   bearer token (metrics and signature validation are always on);
 - `serve_workers_2`: batching on, two worker processes sharing the port (SO_REUSEPORT);
+- `serve_rest_json` / `serve_rest_binary`: `serve_batching_on` driven over the REST binding instead of
+  gRPC: KServe v2 JSON tensors (what curl sends), or tritonclient.http's default binary tensor data;
 - `serve_large_batching_off` / `serve_large_batching_on`: a wider MLP (1024-1024-512, about 100 µs
   a row in onnxruntime instead of 20), where the model is a real share of a request's cost.
 
 Each cell is concurrency 1 or 16 with 1-row or 64-row requests. The load generators are Python
-processes that send pre-encoded requests over the raw protocol (HTTP/2 frames for this server, see
-benchmarks/h2load.py; HTTP/1.1 keep-alive for mlflow), so the client takes little of the machine.
+processes that send pre-encoded requests over the raw protocol (HTTP/2 frames for this server's gRPC,
+see benchmarks/h2load.py; HTTP/1.1 keep-alive for REST and mlflow), so the client takes little of the
+machine and both protocols are driven by clients of the same cost.
 Cells are interleaved across targets and repeated, and medians are reported. Server CPU per
 request (from /proc, all of the server's processes) is reported too: on a shared 2-core machine it
 is steadier than throughput. With `--perf-analyzer` (after benchmarks/tools/perf_analyzer.sh
@@ -139,13 +142,35 @@ def grpc_payload(rows: dict[str, np.ndarray]) -> bytes:
     return request.SerializeToString()
 
 
-def http_payload(rows: dict[str, np.ndarray], port: int) -> bytes:
-    body = json.dumps({"inputs": {k: v.tolist() for k, v in rows.items()}}).encode()
+def http_request(port: int, path: str, body: bytes, headers: str = "") -> bytes:
     head = (
-        f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n{headers}\r\n"
     ).encode()
     return head + body
+
+
+def mlflow_payload(rows: dict[str, np.ndarray], port: int) -> bytes:
+    return http_request(port, "/invocations", json.dumps({"inputs": {k: v.tolist() for k, v in rows.items()}}).encode())
+
+
+def rest_payload(rows: dict[str, np.ndarray], port: int, binary: bool) -> bytes:
+    """An OIP REST infer request: JSON tensors, or tritonclient.http's default binary tensor data both ways."""
+    from serving.codec import serialize_bytes
+
+    tensors, raws = [], []
+    for name, array in rows.items():
+        tensor = {"name": name, "shape": list(array.shape), "datatype": "BYTES" if array.dtype == object else "FP32"}
+        if binary:
+            raws.append(serialize_bytes(array) if array.dtype == object else array.tobytes())
+            tensor["parameters"] = {"binary_data_size": len(raws[-1])}
+        else:
+            tensor["data"] = array.reshape(-1).tolist()
+        tensors.append(tensor)
+    document = {"inputs": tensors, **({"parameters": {"binary_data_output": True}} if binary else {})}
+    head = json.dumps(document).encode()
+    extra = f"Inference-Header-Content-Length: {len(head)}\r\n" if binary else ""
+    return http_request(port, f"/v2/models/{MODEL}/infer", head + b"".join(raws), extra)
 
 
 # --- load generators (each runs in its own process) ------------------------------------------------------
@@ -229,6 +254,7 @@ class Target:
     def measure(self, concurrency: int, rows: int, seconds: float) -> dict:
         cpu_before = process_cpu_seconds(self.pid) if self.pid else None
         result = self._measure(concurrency, rows, seconds)
+        result["rows_per_s"] = result["requests_per_s"] * rows
         if self.pid and result["requests_per_s"]:
             spent = process_cpu_seconds(self.pid) - cpu_before
             result["server_cpu_ms_per_request"] = spent * 1e3 / (result["requests_per_s"] * seconds)
@@ -267,11 +293,20 @@ class OnnxRuntimeTarget(Target):
 
 
 class ServeTarget(Target):
-    def __init__(self, name: str, model_path: Path, data, args: list[str], token: str | None, log_dir: Path):
+    """This server, driven over gRPC, or over REST with `protocol` "rest_json" or "rest_binary"."""
+
+    def __init__(
+        self, name: str, model_path: Path, data, args: list[str], token: str | None, log_dir: Path, protocol="grpc"
+    ):
         self.name = name
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port, self.http_port = free_port(), free_port(), free_port()
         self.token = token
-        self.payloads = {rows: grpc_payload(arrays) for rows, arrays in data.items()}
+        self.protocol = protocol
+        if protocol == "grpc":
+            self.payloads = {rows: grpc_payload(arrays) for rows, arrays in data.items()}
+        else:
+            binary = protocol == "rest_binary"
+            self.payloads = {rows: rest_payload(arrays, self.http_port, binary) for rows, arrays in data.items()}
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen(
             [
@@ -284,6 +319,8 @@ class ServeTarget(Target):
                 str(self.port),
                 "--metrics-port",
                 str(self.metrics_port),
+                "--http-port",
+                str(self.http_port),
                 "--model-path",
                 str(model_path),
                 "--model-name",
@@ -303,6 +340,8 @@ class ServeTarget(Target):
 
     def _measure(self, concurrency, rows, seconds):
         payload = self.payloads[rows]
+        if self.protocol != "grpc":
+            return run_load("http", lambda share: (self.http_port, payload, share, seconds), concurrency, seconds)
         return run_load(
             "grpc", lambda share: (f"127.0.0.1:{self.port}", payload, share, seconds, self.token), concurrency, seconds
         )
@@ -320,7 +359,7 @@ class MlflowTarget(Target):
 
     def __init__(self, model_dir: Path, data):
         self.port = free_port()
-        self.payloads = {rows: http_payload(arrays, self.port) for rows, arrays in data.items()}
+        self.payloads = {rows: mlflow_payload(arrays, self.port) for rows, arrays in data.items()}
         bin_dir = Path(sys.executable).parent
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
         self.process = subprocess.Popen(
@@ -458,6 +497,18 @@ def targets_for(folder: Path, models: tuple[Path, Path, Path], data, only: set[s
             lambda: ServeTarget("serve_batching_on", model_path, data, ["--batching", *quiet], None, log_dir),
         ),
         (
+            "serve_rest_json",
+            lambda: ServeTarget(
+                "serve_rest_json", model_path, data, ["--batching", *quiet], None, log_dir, protocol="rest_json"
+            ),
+        ),
+        (
+            "serve_rest_binary",
+            lambda: ServeTarget(
+                "serve_rest_binary", model_path, data, ["--batching", *quiet], None, log_dir, protocol="rest_binary"
+            ),
+        ),
+        (
             "serve_all_features",
             lambda: ServeTarget(
                 "serve_all_features",
@@ -490,6 +541,21 @@ def ratio(a, b):
     return round(a / b, 3) if a and b else None
 
 
+def rest_over_grpc(results: dict) -> dict:
+    """REST (JSON and binary tensors) over gRPC on the same server configuration, per cell: throughput
+    (requests and rows a second), latency and server CPU per request, each as REST / gRPC."""
+    grpc = results.get("serve_batching_on", {})
+    out = {}
+    for target in ("serve_rest_json", "serve_rest_binary"):
+        for cell, rest in results.get(target, {}).items():
+            base = grpc.get(cell, {})
+            out.setdefault(target, {})[cell] = {
+                key: ratio(rest.get(key), base.get(key))
+                for key in ("requests_per_s", "rows_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
+            }
+    return out
+
+
 def verdicts(results: dict) -> dict:
     def rps(target, c, rows=1):
         return results.get(target, {}).get(f"c{c}_rows{rows}", {}).get("requests_per_s")
@@ -513,6 +579,7 @@ def verdicts(results: dict) -> dict:
             rps("serve_large_batching_on", 1), rps("serve_large_batching_off", 1)
         ),
     }
+    out["rest_over_grpc"] = rest_over_grpc(results)
     out["targets"] = {
         "at_least_4x_mlflow_c16": (out["throughput_vs_mlflow_c16"] or 0) >= 4,
         "p99_under_10ms_c16": (out["p99_ms_c16_batching_on"] or 1e9) < 10,
@@ -569,7 +636,7 @@ def main(argv: list[str] | None = None) -> None:
         perf = {}
         if args.perf_analyzer:
             for target in targets:
-                if isinstance(target, ServeTarget):
+                if isinstance(target, ServeTarget) and target.protocol == "grpc":
                     perf[target.name] = {
                         f"c{c}_rows{r}": perf_analyzer(target, c, r, seconds) for c in CONCURRENCY for r in ROWS
                     }

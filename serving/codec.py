@@ -1,8 +1,10 @@
-"""Protobuf tensors to numpy arrays and back, validated against the model's signature.
+"""Request tensors to numpy arrays, validated against the model's signature, and outputs back.
 
-Every violation raises `InvalidInput` with a message that names the input, so the client learns
-which tensor to fix. This is the hot path of every request: it avoids copies (raw contents are
-viewed with `np.frombuffer`) and per-element Python work except for BYTES tensors.
+`decode_tensors` holds the checks every protocol shares, so gRPC and REST refuse a request with the
+same message; the protobuf reader is here, the JSON one in `serving.rest_codec`. Every violation
+raises `InvalidInput` with a message that names the input, so the client learns which tensor to fix.
+This is the hot path of every request: it avoids copies (raw contents are viewed with
+`np.frombuffer`) and per-element Python work except for BYTES tensors.
 """
 
 from __future__ import annotations
@@ -106,10 +108,7 @@ def _check_finite(checks: list[tuple[str, np.ndarray]], nan_policy: str) -> None
 def decode_inputs(
     request, signature: ModelSignature, max_batch_size: int, nan_policy: str = "reject"
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Arrays for the model's inputs, keyed by name, and the request's batch size (rows).
-
-    For a model without a batch dimension the batch size is 1.
-    """
+    """A protobuf ModelInferRequest's inputs as arrays: raw contents when sent, else typed contents."""
     inputs = request.inputs
     raws = request.raw_input_contents
     if raws and len(raws) != len(inputs):
@@ -117,13 +116,31 @@ def decode_inputs(
             f"raw_input_contents has {len(raws)} entries for {len(inputs)} inputs: "
             "when raw contents are used every input must have one"
         )
+
+    def read(index, tensor, plan, datatype, shape, count):
+        if raws:
+            return from_raw(tensor.name, raws[index], plan, datatype, shape, count)
+        return _typed_contents(tensor.name, tensor, datatype, shape, count)
+
+    return decode_tensors(inputs, signature, max_batch_size, nan_policy, read)
+
+
+def decode_tensors(
+    tensors, signature: ModelSignature, max_batch_size: int, nan_policy: str, read
+) -> tuple[dict[str, np.ndarray], int]:
+    """Arrays for the model's inputs, keyed by name, and the request's batch size (rows).
+
+    The checks every protocol shares. `tensors` have `name`, `datatype` and `shape`; `read(index,
+    tensor, plan, datatype, shape, count)` returns a tensor's `count` elements as a flat array in its
+    own datatype. For a model without a batch dimension the batch size is 1.
+    """
     plans = signature.plans
     batched = signature.batched
     arrays: dict[str, np.ndarray] = {}
     floats: list[tuple[str, np.ndarray]] = []
     batch = -1
     batch_input = ""
-    for index, tensor in enumerate(inputs):
+    for index, tensor in enumerate(tensors):
         name = tensor.name
         plan = plans.get(name)
         if plan is None:
@@ -157,22 +174,7 @@ def decode_inputs(
                     f"inputs disagree on the batch size: input '{batch_input}' has {batch} rows, "
                     f"input '{name}' has {rows}"
                 )
-        count = math.prod(shape)
-        if raws:
-            raw = raws[index]
-            if datatype == "BYTES":
-                array = _deserialize_bytes(name, raw, count)
-            else:
-                dtype = plan.dtype if datatype == plan.datatype else DATATYPE_TO_NUMPY[datatype]
-                if len(raw) != count * dtype.itemsize:
-                    raise InvalidInput(
-                        f"input '{name}': raw content has {len(raw)} bytes, "
-                        f"shape {list(shape)} of {datatype} needs {count * dtype.itemsize}"
-                    )
-                array = np.frombuffer(raw, dtype=dtype)
-        else:
-            array = _typed_contents(name, tensor, datatype, shape, count)
-        array = array.reshape(shape)
+        array = read(index, tensor, plan, datatype, shape, math.prod(shape)).reshape(shape)
         if datatype != plan.datatype:
             array = array.astype(plan.dtype)  # an edge cast (FP64 -> FP32, INT32 -> INT64, ...)
         if plan.is_float:
@@ -183,6 +185,19 @@ def decode_inputs(
         raise InvalidInput(f"missing inputs: {missing}")
     _check_finite(floats, nan_policy)
     return arrays, (batch if batched else 1)
+
+
+def from_raw(name: str, raw: bytes, plan, datatype: str, shape: tuple[int, ...], count: int) -> np.ndarray:
+    """A tensor sent as raw bytes (gRPC raw contents, the REST binary extension), viewed without a copy."""
+    if datatype == "BYTES":
+        return _deserialize_bytes(name, raw, count)
+    dtype = plan.dtype if datatype == plan.datatype else DATATYPE_TO_NUMPY[datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"input '{name}': raw content has {len(raw)} bytes, "
+            f"shape {list(shape)} of {datatype} needs {count * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype)
 
 
 def _typed_contents(name: str, tensor, datatype: str, shape: tuple[int, ...], count: int) -> np.ndarray:

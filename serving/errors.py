@@ -1,7 +1,7 @@
-"""Errors the serving stack raises, and the one table that maps them to gRPC status codes.
+"""Errors the serving stack raises, each with its gRPC status code, and the HTTP status of each code.
 
-Handlers raise these; `serving.interceptors.ErrorMappingInterceptor` turns them into statuses, so
-no handler builds a status by hand and no stack trace ever reaches a client.
+Handlers raise these; `serving.interceptors` turns them into gRPC statuses and `serving.rest` into
+HTTP statuses, so no handler builds a status by hand and no stack trace ever reaches a client.
 """
 
 from __future__ import annotations
@@ -66,6 +66,20 @@ def quoted(text: str, limit: int = 64) -> str:
     """A client-supplied name as an error message shows it: cut, so a huge name cannot make the status
     itself too large for the client to read."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+# gRPC code -> HTTP status, as google.rpc and grpc-gateway map them.
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

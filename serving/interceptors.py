@@ -17,13 +17,13 @@ Wrapped handlers are built once per method and cached, so a request pays one ext
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc.aio import ServerInterceptor
 
+from serving.auth import MISSING_TOKEN, BearerTokens
 from serving.errors import MAX_MESSAGE_CHARS, InvalidInput, ServingError, status_for
 
 log = logging.getLogger("serving.grpc")
@@ -125,8 +125,7 @@ def _rebuild(handler: grpc.RpcMethodHandler, wrap, deserializer=None) -> grpc.Rp
 
 class ServingInterceptor(ServerInterceptor):
     def __init__(self, token: str | None = None, admin_token: str | None = None, open_methods=OPEN_METHODS):
-        self._token = f"Bearer {token}".encode() if token else None
-        self._admin = f"Bearer {admin_token}".encode() if admin_token else None
+        self._tokens = BearerTokens(token, admin_token)
         self._open = open_methods
         self._guarded: dict[str, grpc.RpcMethodHandler] = {}
         self._denied: dict[tuple[str, grpc.StatusCode], grpc.RpcMethodHandler] = {}
@@ -143,22 +142,20 @@ class ServingInterceptor(ServerInterceptor):
         if method in self._open:
             return None
         supplied = self._bearer(metadata)
-        if self._admin is not None and supplied is not None and hmac.compare_digest(supplied, self._admin):
+        if self._tokens.is_admin(supplied):
             return None
         if method in CONTROL_METHODS:
-            if self._admin is None:
+            if self._tokens.admin is None:
                 return (
                     grpc.StatusCode.PERMISSION_DENIED,
                     "the control plane is off: start the server with an admin token (--admin-token)",
                 )
             if supplied is None:
-                return grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token"
+                return grpc.StatusCode.UNAUTHENTICATED, MISSING_TOKEN
             return grpc.StatusCode.PERMISSION_DENIED, "this method needs the admin token"
-        if self._token is None:
+        if self._tokens.opens_data_plane(supplied):
             return None
-        if supplied is not None and hmac.compare_digest(supplied, self._token):
-            return None
-        return grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token"
+        return grpc.StatusCode.UNAUTHENTICATED, MISSING_TOKEN
 
     def _deny(self, method: str, handler: grpc.RpcMethodHandler, code, message) -> grpc.RpcMethodHandler:
         denied = self._denied.get((method, code))

@@ -1,10 +1,11 @@
 """Wiring: configuration, the gRPC server, the HTTP side port, worker processes, graceful stop.
 
 `mlops-serve` (this module's `main`) serves a registered MLflow model by name and alias, or one
-ONNX file with `--model-path`, over the Open Inference Protocol on gRPC. Every flag has an
-environment variable fallback (see `build_parser`). With `--workers N > 1` the parent starts N
-worker processes that share the gRPC port through SO_REUSEPORT, serves the HTTP side port itself
-(summing the workers' metrics) and forwards SIGTERM to them.
+ONNX file with `--model-path`, over the Open Inference Protocol on gRPC and, with `--http-port`, on
+HTTP/REST (serving.rest). Every flag has an environment variable fallback (see `build_parser`).
+With `--workers N > 1` the parent starts N worker processes that share the gRPC and REST ports
+through SO_REUSEPORT, serves the HTTP side port itself (summing the workers' metrics) and forwards
+SIGTERM to them.
 
 A graceful stop (SIGTERM or SIGINT): health goes NOT_SERVING and /ready 503, new inference
 requests get UNAVAILABLE while the ones in flight finish (up to the grace period), then gRPC stops,
@@ -45,6 +46,7 @@ class ServeConfig:
     host: str = "0.0.0.0"
     port: int = 8001
     metrics_port: int = 8002  # -1 turns the HTTP side port off
+    http_port: int = -1  # the REST binding, off by default; Triton serves it on 8000
     tracking_uri: str | None = None
     registry_uri: str | None = None
     model_name: str = "flight_delay"
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = ServeConfig()
     p = argparse.ArgumentParser(
         prog="mlops-serve",
-        description="Serve a registered ONNX model over the Open Inference Protocol (KServe v2) on gRPC.",
+        description="Serve a registered ONNX model over the Open Inference Protocol (KServe v2) on gRPC and REST.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a = p.add_argument
@@ -106,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=_env("MLOPS_SERVE_METRICS_PORT", d.metrics_port, int),
         help="HTTP port for /health, /ready, /metrics; -1 turns it off [MLOPS_SERVE_METRICS_PORT]",
+    )
+    a(
+        "--http-port",
+        type=int,
+        default=_env("MLOPS_SERVE_HTTP_PORT", d.http_port, int),
+        help="port of the Open Inference Protocol over HTTP/REST (/v2/...; Triton uses 8000), behind the same "
+        "token as gRPC; -1 turns it off [MLOPS_SERVE_HTTP_PORT]",
     )
     a(
         "--tracking-uri",
@@ -192,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=_env("MLOPS_SERVE_WORKERS", d.workers, int),
-        help="worker processes sharing the port (SO_REUSEPORT) [MLOPS_SERVE_WORKERS]",
+        help="worker processes sharing the gRPC and REST ports (SO_REUSEPORT) [MLOPS_SERVE_WORKERS]",
     )
     a(
         "--intra-op-threads",
@@ -292,8 +301,8 @@ def parse_config(argv: list[str] | None = None) -> ServeConfig:
         raise SystemExit("mlops-serve: --aliases needs at least one alias")
     if bool(config.tls_cert) != bool(config.tls_key):
         raise SystemExit("mlops-serve: --tls-cert and --tls-key go together")
-    if config.workers > 1 and config.port == 0:
-        raise SystemExit("mlops-serve: --workers > 1 needs a fixed --port (the workers share it)")
+    if config.workers > 1 and (config.port == 0 or config.http_port == 0):
+        raise SystemExit("mlops-serve: --workers > 1 needs a fixed --port and --http-port (the workers share them)")
     if not config.model_path and not config.tracking_uri:
         # The pipeline's embedded default (resources.settings): MLflow on SQLite in $MLOPS_HOME.
         config.tracking_uri = f"sqlite:///{_mlops_home().resolve() / 'mlflow.db'}"
@@ -309,6 +318,7 @@ class Worker:
     def __init__(self, config: ServeConfig):
         self.config = config
         self.port: int | None = None
+        self.http_port: int | None = None  # the REST binding's, once it listens
         # Called on every heartbeat with (ready, healthy): a worker process reports to its parent.
         self.on_beat: Callable[[bool, bool], None] | None = None
         self.beat = time.monotonic()  # last turn of the event loop's heartbeat
@@ -326,13 +336,14 @@ class Worker:
         from grpc_reflection.v1alpha import reflection
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+        from serving.dataplane import DataPlane, ServerState
         from serving.errors import ServerNotReady
         from serving.interceptors import ServingInterceptor
         from serving.metrics import ServerStats, SnapshotPublisher
         from serving.prediction_log import PredictionLog
         from serving.registry import RegistryFollower, open_source
         from serving.repository import ModelRepository, RepositoryConfig
-        from serving.servicer import InferenceServicer, ServerState
+        from serving.servicer import InferenceServicer
 
         cfg = self.config
         self._loop = loop = asyncio.get_running_loop()
@@ -385,7 +396,8 @@ class Worker:
             # Memory held by requests is at most this many messages of max_message_bytes.
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs or None,
         )
-        servicer = InferenceServicer(repository, stats, prediction_log, {cfg.model_name: follower}, state)
+        plane = DataPlane(repository, stats, prediction_log, state)
+        servicer = InferenceServicer(plane, {cfg.model_name: follower})
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         service_name = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -418,6 +430,12 @@ class Worker:
             self.port = server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"cannot bind the gRPC port {address}")
+        rest = None
+        if cfg.http_port >= 0:
+            from serving.rest import start_rest
+
+            rest = await start_rest(plane, cfg)
+            self.http_port = rest.addresses[0][1]
         await server.start()
         follower.start()
         publisher = None
@@ -429,6 +447,7 @@ class Worker:
             extra={
                 "address": address,
                 "port": self.port,
+                "http_port": self.http_port,
                 "tls": bool(cfg.tls_cert),
                 "auth": bool(cfg.token),
                 "batching": cfg.batching,
@@ -476,8 +495,8 @@ class Worker:
                 self.on_beat(False, True)
             await health.enter_graceful_shutdown()
             follower.stop()
-            # Requests already inside finish while new ones get UNAVAILABLE from the servicer; only
-            # then does gRPC stop, whose own refusals can read CANCELLED to a client.
+            # Requests already inside finish while new ones get UNAVAILABLE (REST: 503) from the data
+            # plane; only then does gRPC stop, whose own refusals can read CANCELLED to a client.
             deadline = loop.time() + cfg.grace_period
             while stats.in_flight() and loop.time() < deadline:
                 await asyncio.sleep(0.01)
@@ -491,6 +510,8 @@ class Worker:
                     await asyncio.sleep(0.01)
                 log.warning("grace period over: answered UNAVAILABLE", extra={"requests": unanswered})
             await server.stop(max(0.2, deadline - loop.time()))
+            if rest is not None:
+                await rest.cleanup()
             watcher.cancel()
             source.close()  # registry source (owned by serving.registry)
             await repository.close(timeout=1.0)
