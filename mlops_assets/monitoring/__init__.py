@@ -4,7 +4,8 @@ Assets (each with its config): drift_report (drift_report.py), outcomes (outcome
 live_performance (live_performance.py), monthly partitions in the `monitoring` group. Their plain
 logic sits beside them and imports no Dagster: the detector (detector.py, bands.py,
 domain_classifier.py, stattests.py), served traffic as rows (served.py) and delayed labels
-(performance.py). drift_sensor and live_performance_sensor (sensors/drift.py) act on their metadata.
+(performance.py); drift_metadata.py lays out the report's metadata. drift_sensor and
+live_performance_sensor (sensors/drift.py) act on it.
 """
 
 from mlops_assets.monitoring.automation import on_new_data

@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from mlops_assets import onnx_metrics
@@ -18,6 +17,7 @@ from mlops_assets.features_spec import FEATURES, ROW_KEY
 from mlops_assets.metadata import readable
 from mlops_assets.monitoring import bands, detector, domain_classifier
 from mlops_assets.monitoring.automation import on_new_data
+from mlops_assets.monitoring.drift_metadata import classifier_metadata, columns_table, number
 from mlops_assets.monitoring.served import month_bounds, served_rows
 from mlops_assets.partitions import monthly_partitions
 from resources import ArtifactStore, MlflowRegistry, ServedPredictions
@@ -33,10 +33,6 @@ def drift_html_key(partition: str) -> str:
 def _link(store: ArtifactStore, key: str) -> dg.MetadataValue:
     uri = store.uri(key)
     return dg.MetadataValue.url(uri) if "://" in uri else dg.MetadataValue.path(uri)
-
-
-def _number(value: float) -> float | None:
-    return None if np.isnan(value) else readable({"v": float(value)})["v"]
 
 
 _CALIBRATION, _CLASSIFIER, _RULE = bands.Calibration(), domain_classifier.DomainClassifier(), detector.VerdictRule()
@@ -179,69 +175,6 @@ def _current_rows(partition: str, config: DriftConfig, served: ServedPredictions
     )
 
 
-def _columns_table(result: detector.DriftResult) -> dg.MetadataValue:
-    rows = [*result.columns, *([result.prediction] if result.prediction else [])]
-    return dg.MetadataValue.table(
-        records=[
-            dg.TableRecord(
-                {
-                    "column": c.column,
-                    "method": c.method,
-                    "kind": c.kind,
-                    "score": _number(c.score),
-                    "threshold": c.threshold,
-                    "threshold_source": c.calibration.source if c.calibration else "fixed",
-                    "natural_variation": _number(c.calibration.natural) if c.calibration else None,
-                    "derivation": c.calibration.derivation if c.calibration else "prediction_threshold",
-                    "importance": _number(c.importance) if c.importance is not None else None,
-                    "drifted": c.drifted,
-                    "counted": c.counted,
-                }
-            )
-            for c in rows
-        ],
-        schema=dg.TableSchema(
-            columns=[
-                dg.TableColumn("column", "string"),
-                dg.TableColumn("method", "string"),
-                dg.TableColumn("kind", "string", description="p_value: drifts below threshold; distance: at or above"),
-                dg.TableColumn("score", "float"),
-                dg.TableColumn("threshold", "float"),
-                dg.TableColumn("threshold_source", "string", description="calibrated, floor, override or fixed"),
-                dg.TableColumn("natural_variation", "float", description="quantile of the reference blocks' scores"),
-                dg.TableColumn("derivation", "string"),
-                dg.TableColumn(
-                    "importance", "float", description="share of the champion's sensitivity (mean |score change|)"
-                ),
-                dg.TableColumn("drifted", "bool"),
-                dg.TableColumn("counted", "bool", description="drifted and important enough to mark the month"),
-            ]
-        ),
-    )
-
-
-def _classifier_metadata(result: detector.DriftResult, config: DriftConfig) -> dict:
-    classifier = result.classifier
-    if classifier is None:
-        return {
-            "classifier_drifted": False,
-            "classifier_auc": dg.MetadataValue.null(),
-            "classifier_threshold": config.classifier_threshold,
-            "classifier_note": f"not run: a side has fewer than {domain_classifier.MIN_CLASSIFIER_ROWS} rows",
-        }
-    return {
-        "classifier_drifted": classifier.drifted,
-        "classifier_auc": classifier.auc,
-        "classifier_threshold": classifier.threshold,
-        "classifier_top_features": ", ".join(classifier.top()) or "none",
-        "classifier_importances": dg.MetadataValue.md(
-            "| column | held-out AUC lost when permuted |\n|---|---|\n"
-            + "\n".join(f"| {c} | {v:.4f} |" for c, v in classifier.importances.items())
-        ),
-        "classifier_rows": f"{classifier.rows[0]} reference, {classifier.rows[1]} current",
-    }
-
-
 @dg.asset(
     partitions_def=monthly_partitions,
     group_name="monitoring",
@@ -330,7 +263,7 @@ def drift_report(
         metadata=readable(
             {
                 "drifted": result.drifted,
-                "drifted_share": _number(result.drifted_share),
+                "drifted_share": number(result.drifted_share),
                 "drifted_count": result.drifted_count,
                 "drift_share_threshold": config.drift_share,
                 "drifted_columns": ", ".join(result.drifted_columns),
@@ -338,8 +271,8 @@ def drift_report(
                 "drift_reasons": "; ".join(result.reasons) or "none",
                 "ignored_drift": "; ".join(result.ignored) or "none",
                 "min_importance_share": config.min_importance_share,
-                "columns": _columns_table(result),
-                **_classifier_metadata(result, config),
+                "columns": columns_table(result),
+                **classifier_metadata(result, config.classifier_threshold),
                 "calibration": (
                     f"{calibration.factor:g} x q{calibration.quantile:g} of {calibration.block_days}-day blocks "
                     f"every {calibration.step_days} days of the reference, each against the whole reference; "
@@ -347,7 +280,7 @@ def drift_report(
                     f"{calibration.cat_floor:g} ({calibration.cat_method})"
                 ),
                 "prediction_drifted": bool(prediction and prediction.drifted),
-                "prediction_score": _number(prediction.score) if prediction else dg.MetadataValue.null(),
+                "prediction_score": number(prediction.score) if prediction else dg.MetadataValue.null(),
                 "prediction_threshold": config.prediction_threshold,
                 "champion_version": version,
                 "reference_months": ", ".join(reference_months),
