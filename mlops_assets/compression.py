@@ -17,7 +17,7 @@ import dagster as dg
 import numpy as np
 import torch
 
-from mlops_assets import modeling, onnx_metrics, quantization, scorecard
+from mlops_assets import modeling, months, onnx_metrics, quantization, scorecard
 from mlops_assets.features import load_features
 from mlops_assets.features_spec import TARGET
 from mlops_assets.metadata import readable
@@ -115,7 +115,7 @@ PROFILES = {
 
 class ScorecardConfig(dg.Config):
     month: str | None = None
-    """Held-out partition ('YYYY-MM') every candidate is scored on; None: `held_out_month` of the training window."""
+    """Held-out partition ('YYYY-MM') every candidate is scored on; None: `months.held_out` of the training window."""
     profile: str = "realtime"
     """Name of the weight profile in `profiles` that ranks the candidates."""
     profiles: dict[str, WeightProfile] = PROFILES
@@ -140,25 +140,6 @@ class ScorecardConfig(dg.Config):
         if self.profile not in self.profiles:
             raise dg.Failure(f"profile {self.profile!r} is not one of {sorted(self.profiles)}")
         return WeightProfile.model_validate(dict(self.profiles[self.profile])).model_dump()
-
-
-def shift_month(month: str, months: int) -> str:
-    """'2013-04', 1 -> '2013-05'; '2013-01', -1 -> '2012-12'."""
-    year, number = (int(part) for part in month.split("-"))
-    index = year * 12 + number - 1 + months
-    return f"{index // 12}-{index % 12 + 1:02d}"
-
-
-def held_out_month(train_months: list[str], validation_month: str) -> str:
-    """The month the scorecard scores on when none is configured: beside the validation month, outside training.
-
-    The month after the validation month unless it is a training month (the demo: train 01-03,
-    validate 04, score 05), else the month before it (retraining windows train on the newest months,
-    validate on the month before them and evaluate on the month before that). Either way it is the
-    month evaluation_report uses in those windows, so the winner is judged on the data that chose it.
-    """
-    after = shift_month(validation_month, 1)
-    return after if after not in train_months else shift_month(validation_month, -1)
 
 
 def _lineage_tags(trained_model: dict, candidate: str) -> dict[str, str]:
@@ -623,7 +604,7 @@ def model_scorecard(
     candidates = {
         c["candidate"]: c for c in (onnx_model, pruned_model, student_model, int8_dynamic_model, int8_static_model)
     }
-    month = config.month or held_out_month(trained_model["train_months"].split(","), trained_model["validation_month"])
+    month = config.month or months.held_out(trained_model["train_months"].split(","), trained_model["validation_month"])
     frame = load_features(store, [month])
     measurement = scorecard.Measurement(
         latency_runs=config.latency_runs,

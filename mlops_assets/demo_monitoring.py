@@ -45,9 +45,34 @@ def _drift_report(definitions: dg.Definitions, instance: dg.DagsterInstance, mon
 
 
 def _verdict(month: str, report: dict) -> str:
+    source = "served traffic" if report["current_source"] == "served_traffic" else "batch features"
     if not report["drifted"]:
-        return f"{month}: no drift (share {report['drifted_share']:.2f}, prediction {report['prediction_score']:.3f})"
-    return f"{month}: DRIFT - {report['drift_reasons']}"
+        return (
+            f"{month} ({source}): no drift (share {report['drifted_share']:.2f}, "
+            f"prediction {report['prediction_score']:.3f})"
+        )
+    return f"{month} ({source}): DRIFT - {report['drift_reasons']}"
+
+
+def _live_performance(definitions: dg.Definitions, instance: dg.DagsterInstance, month: str) -> list[str]:
+    """The month's outcomes and live performance, as the summary lines a person reads."""
+    result = definitions.resolve_job_def("monitoring_job").execute_in_process(
+        asset_selection=[dg.AssetKey("outcomes"), dg.AssetKey("live_performance")],
+        partition_key=month,
+        instance=instance,
+        run_config=QUIET,
+        tags=DEMO_TAGS,
+    )
+    live = result.asset_materializations_for_node("live_performance")[0].metadata
+    lines = [
+        f"live performance {month}, judged on {live['judged_source'].value} predictions "
+        f"(labels {live['labelled_rows'].value} of {live['predictions'].value}, as of {live['as_of'].value[:19]}): "
+        f"{'DEGRADED' if live['degraded'].value else 'ok'} - {live['reason'].value}"
+    ]
+    table = live["versions"].value.splitlines()[2:]
+    lines += [f"  {' '.join(row.strip('| ').split(' | ')[:2])}: AUC {row.split(' | ')[5]}, "
+              f"{row.split(' | ')[3]} labelled" for row in table]  # fmt: skip
+    return lines
 
 
 def _latest_storage_id(instance: dg.DagsterInstance) -> int:
@@ -60,8 +85,12 @@ def run_monitoring_loop(
     resources: dict,
     months: list[str] | None = None,
     op_config: dict[str, dict] | None = None,
+    live_month: str | None = None,
 ) -> list[str]:
     """Drift reports for `months`, one drift_sensor tick, the retraining it requests; returns summary lines.
+
+    With `live_month` (the month whose traffic the demo served), its outcomes and live performance
+    per version come before the sensor decides.
 
     `op_config` ({"trained_model": {"epochs": 2}}) is laid over the request's run config, for tests
     that need a quick run; the demo passes none and retrains exactly as the sensor asked.
@@ -85,6 +114,8 @@ def run_monitoring_loop(
         lines.append("  " + _verdict(month, reports[month]))
     drifted = [m for m in months if reports[m]["drifted"]]
     lines.append(f"  drifted months: {', '.join(drifted) or 'none'}; HTML reports in {store.uri('drift/')}")
+    if live_month is not None:
+        lines += _live_performance(definitions, instance, live_month)
 
     with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=definitions) as context:
         tick = drift_sensor.evaluate_tick(context)

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from mlops_assets import onnx_metrics
+from mlops_assets import months, onnx_metrics
 from mlops_assets.features import load_features
 from mlops_assets.metadata import readable
 from resources import ArtifactStore, MlflowRegistry
@@ -21,7 +21,7 @@ FIGURES = (
 
 
 class EvaluationConfig(dg.Config):
-    evaluation_month: str = "2013-05"
+    evaluation_month: str = months.FIRST_WINDOW.evaluation_month
     """Held-out partition ('YYYY-MM') neither training nor epoch selection has seen."""
     latency_runs: int = 300
     """Single-row calls timed for the p50/p99 latency."""

@@ -1,7 +1,9 @@
-"""Monthly partitions of 2013, the span of the shipped flight data; keys look like '2013-01'."""
+"""Monthly partitions over the data's span (mlops_assets/months.py); keys look like '2013-01'."""
 
 import dagster as dg
 
-MONTH_FORMAT = "%Y-%m"
+from mlops_assets import months
 
-monthly_partitions = dg.MonthlyPartitionsDefinition(start_date="2013-01", end_date="2014-01", fmt=MONTH_FORMAT)
+monthly_partitions = dg.MonthlyPartitionsDefinition(
+    start_date=months.FIRST_MONTH, end_date=months.shift(months.LAST_MONTH, 1), fmt=months.MONTH_FORMAT
+)

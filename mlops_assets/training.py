@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mlops_assets import modeling, onnx_metrics
+from mlops_assets import modeling, months, onnx_metrics
 from mlops_assets.features import load_features
 from mlops_assets.features_spec import FEATURES
 from mlops_assets.lineage import data_hash, git_commit
@@ -15,9 +15,9 @@ PARITY_TOLERANCE = 1e-5
 
 
 class TrainConfig(dg.Config):
-    train_months: list[str] = ["2013-01", "2013-02", "2013-03"]
+    train_months: list[str] = list(months.FIRST_WINDOW.train_months)
     """Partitions ('YYYY-MM') the network learns from."""
-    validation_month: str = "2013-04"
+    validation_month: str = months.FIRST_WINDOW.validation_month
     """Partition used to pick the best epoch."""
     epochs: int = 4
     """Passes over the training months; the weights of the best validation epoch are kept."""

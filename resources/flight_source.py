@@ -16,6 +16,8 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from mlops_assets import months
+
 WEATHER_COLUMNS = ["temp", "wind_speed", "precip", "visib"]
 
 
@@ -64,5 +66,5 @@ class FlightSource(dg.ConfigurableResource):
                 f"source {self.uri} has no column(s) {sorted(missing)} to split months by; "
                 "add them or use a {partition} template in the uri"
             )
-        year, month = (int(part) for part in partition.split("-"))
+        year, month = months.parse(partition)
         return frame[(frame["year"] == year) & (frame["month"] == month)].reset_index(drop=True)

@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field
 
 import dagster as dg
 
+from mlops_assets.months import DEFAULT_WINDOW_MONTHS, retraining_window
 from sensors.guard import held_by_runs, iso, serving_champion, stale
 from sensors.jobs import training_job
-from sensors.retraining import DEFAULT_COOLDOWN_SECONDS, DEFAULT_WINDOW_MONTHS, retraining_window
+from sensors.retraining import DEFAULT_COOLDOWN_SECONDS, retraining_run_config
 
 PAGE = 100
 
@@ -165,7 +166,7 @@ def build_retraining_sensor(
         reasons = "; ".join(f"{p}: {state.pending[p]}" for p in partitions)
         request = dg.RunRequest(
             run_key=f"{name}-{state.storage_id}",
-            run_config=window.run_config(),
+            run_config=retraining_run_config(window),
             tags={
                 "mlops/trigger": name,
                 "mlops/partitions": ",".join(partitions),

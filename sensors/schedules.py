@@ -11,16 +11,16 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from mlops_assets.partitions import monthly_partitions
+from mlops_assets import months
 from sensors.guard import held_by_runs
 from sensors.jobs import training_job
-from sensors.retraining import DEFAULT_COOLDOWN_SECONDS, DEFAULT_WINDOW_MONTHS, previous_month, retraining_window
+from sensors.retraining import DEFAULT_COOLDOWN_SECONDS, retraining_run_config
 
 CRON = "0 4 1 * *"  # 04:00 UTC on the 1st: last month is complete and its batch jobs have run
 
 
 def build_monthly_retraining_schedule(
-    window_months: int = DEFAULT_WINDOW_MONTHS,
+    window_months: int = months.DEFAULT_WINDOW_MONTHS,
     cooldown_seconds: float = DEFAULT_COOLDOWN_SECONDS,
     default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
 ) -> dg.ScheduleDefinition:
@@ -34,20 +34,19 @@ def build_monthly_retraining_schedule(
     )
     def monthly_retraining(context: dg.ScheduleEvaluationContext):
         moment = context.scheduled_execution_time or datetime.now(UTC)
-        last_month = previous_month(moment)
-        window = retraining_window(last_month, window_months)
+        last_month = months.previous(moment)
+        window = months.retraining_window(last_month, window_months)
         if window is None:
-            keys = monthly_partitions.get_partition_keys()
             return dg.SkipReason(
-                f"no retraining window ends with {last_month}: the data covers {keys[0]}..{keys[-1]} "
-                "and a run needs three months up to the last one"
+                f"no retraining window ends with {last_month}: the data covers "
+                f"{months.FIRST_MONTH}..{months.LAST_MONTH} and a run needs three months up to the last one"
             )
         held = held_by_runs(context.instance, cooldown_seconds, time.time())
         if held is not None:
             return dg.SkipReason(f"retraining for {last_month} not started: {held}")
         return dg.RunRequest(
             run_key=f"monthly_retraining-{last_month}",
-            run_config=window.run_config(),
+            run_config=retraining_run_config(window),
             tags={
                 "mlops/trigger": "monthly_retraining",
                 "mlops/partitions": last_month,

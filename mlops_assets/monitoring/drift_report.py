@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import dagster as dg
 import pandas as pd
 
-from mlops_assets import onnx_metrics
+from mlops_assets import months, onnx_metrics
 from mlops_assets.features import load_features
 from mlops_assets.features_spec import FEATURES, ROW_KEY
 from mlops_assets.metadata import readable
 from mlops_assets.monitoring import bands, detector, domain_classifier
 from mlops_assets.monitoring.automation import on_new_data
 from mlops_assets.monitoring.drift_metadata import classifier_metadata, columns_table, number
-from mlops_assets.monitoring.served import month_bounds, served_rows
+from mlops_assets.monitoring.served import served_rows
 from mlops_assets.partitions import monthly_partitions
 from resources import ArtifactStore, MlflowRegistry, ServedPredictions
 from resources.mlflow_registry import CHAMPION
@@ -128,7 +128,7 @@ class CurrentRows:
 def _current_rows(partition: str, config: DriftConfig, served: ServedPredictions, store: ArtifactStore) -> CurrentRows:
     """The month's served traffic; its batch features only where the resource allows, and never silently."""
     log = served.read_month(partition)
-    rows = served_rows(log.records, *month_bounds(partition))
+    rows = served_rows(log.records, *months.bounds(partition))
     found = {
         "served_rows": len(rows.frame),
         "served_requests": rows.requests,

@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from mlops_assets import months
 from mlops_assets.inference import predictions_key
 from mlops_assets.metadata import readable
 from mlops_assets.monitoring.automation import on_new_data
 from mlops_assets.monitoring.outcomes import outcomes_key
 from mlops_assets.monitoring.performance import VersionPerformance, by_version, join_outcomes
-from mlops_assets.monitoring.served import month_bounds, served_rows
+from mlops_assets.monitoring.served import served_rows
 from mlops_assets.partitions import monthly_partitions
 from resources import ArtifactStore, MlflowRegistry, ServedPredictions
 
@@ -80,7 +81,7 @@ def live_performance(
         raise dg.Failure(f"outcomes has no partition {partition}: materialize it first")
     outcomes = store.read_frame(outcomes_key(partition))
 
-    traffic = served_rows(served.read_month(partition).records, *month_bounds(partition)).frame
+    traffic = served_rows(served.read_month(partition).records, *months.bounds(partition)).frame
     served_figures = by_version(
         join_outcomes(traffic, outcomes, as_of), "served", config.calibration_bins, config.min_labelled_rows
     )

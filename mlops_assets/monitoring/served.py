@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pandas as pd
 
@@ -16,13 +16,6 @@ from serving.log_records import LoggedRequest
 
 SCORE_OUTPUT = "probability"  # the ONNX output every candidate has (mlops_assets/modeling.py)
 SERVED_COLUMNS = [ROW_KEY, "model_version", "score", "time"]
-
-
-def month_bounds(partition: str) -> tuple[datetime, datetime]:
-    """[start, end) of a 'YYYY-MM' partition in UTC."""
-    start = datetime.strptime(partition, "%Y-%m").replace(tzinfo=UTC)
-    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start, end
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ import torch
 from mlflow import MlflowClient
 
 from mlops_assets import modeling, scorecard
-from mlops_assets.compression import ScorecardConfig, held_out_month
+from mlops_assets.compression import ScorecardConfig
 from mlops_assets.features import load_features
 from mlops_assets.features_spec import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from mlops_assets.months import held_out
 from resources import local_resources
 from resources.mlflow_registry import CHALLENGER
 from sensors.jobs import TRAINING_SELECTION
@@ -249,10 +250,10 @@ def test_scorecard_shows_a_table_and_a_plot_in_the_ui(pipeline):
 
 
 def test_the_default_held_out_month_is_outside_the_training_window():
-    assert held_out_month(["2013-01", "2013-02", "2013-03"], "2013-04") == "2013-05"  # the demo
-    assert held_out_month(["2013-01"], "2013-02") == "2013-03"  # the tests' FAST_TRAIN
-    assert held_out_month(["2013-03", "2013-04", "2013-05"], "2013-02") == "2013-01"  # a retraining window
-    assert held_out_month(["2013-10", "2013-11"], "2013-12") == "2014-01"
+    assert held_out(["2013-01", "2013-02", "2013-03"], "2013-04") == "2013-05"  # the demo
+    assert held_out(["2013-01"], "2013-02") == "2013-03"  # the tests' FAST_TRAIN
+    assert held_out(["2013-03", "2013-04", "2013-05"], "2013-02") == "2013-01"  # a retraining window
+    assert held_out(["2013-10", "2013-11"], "2013-12") == "2014-01"
 
 
 def test_memory_is_measured_in_a_fresh_process(pipeline):

@@ -4,11 +4,12 @@ import math
 import dagster as dg
 import pytest
 
+from mlops_assets import months
 from mlops_assets.features import features_key, load_features
 from mlops_assets.features_spec import FEATURES, NUMERIC_FEATURES, ROW_KEY, TARGET
 from mlops_assets.monitoring import DriftConfig, detector, drift_html_key, stattests
 from mlops_assets.monitoring.drift_report import SERVED_CHECK
-from mlops_assets.monitoring.served import month_bounds, served_rows
+from mlops_assets.monitoring.served import served_rows
 from resources import LocalArtifactStore, ServedPredictions, local_resources
 from sensors.drift import drift_sensor, live_performance_sensor
 from tests.conftest import materialize
@@ -96,7 +97,7 @@ def test_served_traffic_is_read_by_month_and_bad_records_are_counted(traffic):
     served = ServedPredictions(store=traffic["store"])
     log = served.read_month("2013-04")
     assert log.segments == 1 and log.corrupt == 2 and len(log.records) == 2
-    rows = served_rows(log.records, *month_bounds("2013-04"))
+    rows = served_rows(log.records, *months.bounds("2013-04"))
     assert len(rows.frame) == 400 and rows.requests == 1 and rows.skipped == 1 and rows.model_versions == ["1"]
     assert list(rows.frame[ROW_KEY]) == list(traffic["january"][ROW_KEY].head(400))
     assert all(rows.frame[c].dtype == "float64" for c in NUMERIC_FEATURES)

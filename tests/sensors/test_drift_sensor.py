@@ -6,8 +6,8 @@ import dagster as dg
 import pytest
 
 from mlops_assets.definitions import defs
+from mlops_assets.months import retraining_window
 from sensors.drift import DEFAULT_COOLDOWN_SECONDS, RetrainingCursor, drift_sensor, live_performance_sensor
-from sensors.retraining import retraining_window
 from tests.sensors.support import SHIFTED, SHIFTED_COLUMN, SHIFTED_TOO, UNCHANGED, drift_report, report_drift
 
 

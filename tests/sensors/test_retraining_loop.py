@@ -27,7 +27,8 @@ def test_drift_triggers_a_retraining_run_that_reaches_a_promotion_decision(home,
         lines = run_monitoring_loop(instance, resources, months=[UNCHANGED, SHIFTED], op_config=fast)
         text = "\n".join(lines)
 
-        assert f"{UNCHANGED}: no drift" in text and f"{SHIFTED}: DRIFT - {SHIFTED_COLUMN}" in text
+        assert f"{UNCHANGED} (batch features): no drift" in text
+        assert f"{SHIFTED} (batch features): DRIFT - {SHIFTED_COLUMN}" in text
         window = "train 2013-03..2013-05, validate 2013-02, evaluate 2013-01"
         assert f"drift_sensor: requested training_job ({window})" in text
         runs = instance.get_runs(filters=dg.RunsFilter(job_name="training_job", tags={"mlops/trigger": "drift_sensor"}))
