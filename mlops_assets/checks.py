@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mlops_assets.features_spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES, ROW_KEY, TARGET
+from mlops_assets.features_spec import (
+    CATEGORICAL_FEATURES,
+    CATEGORIES,
+    FEATURES,
+    NUMERIC_FEATURES,
+    RANGES,
+    ROW_KEY,
+    TARGET,
+)
 
 SCHEMA, NULL_FRACTION, VALUE_RANGES, CATEGORY_SETS, ROW_COUNT = (
     "schema",
@@ -29,130 +37,6 @@ CHECK_DESCRIPTIONS = {
 
 NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "float32", "float64", "Int64", "Float64"]
 TEXT_TYPES = ["object", "str", "string", "StringDtype"]
-
-# Physical ranges, with a tolerance for the odd bad sensor reading (`mostly`).
-DEFAULT_RANGES = {
-    "hour": (0, 23),
-    "day_of_week": (0, 6),
-    "distance": (1, 6000),
-    "temp": (-40, 130),  # Fahrenheit
-    "wind_speed": (0, 120),  # mph
-    "precip": (0, 5),  # inches per hour
-    "visib": (0, 10),  # miles
-}
-
-# Every category seen in the 2013 data; point these at your own when you bring your own data.
-DEFAULT_CATEGORIES = {
-    "carrier": ["9E", "AA", "AS", "B6", "DL", "EV", "F9", "FL", "HA", "MQ", "OO", "UA", "US", "VX", "WN", "YV"],
-    "origin": ["EWR", "JFK", "LGA"],
-    "dest": [
-        "ABQ",
-        "ACK",
-        "ALB",
-        "ANC",
-        "ATL",
-        "AUS",
-        "AVL",
-        "BDL",
-        "BGR",
-        "BHM",
-        "BNA",
-        "BOS",
-        "BQN",
-        "BTV",
-        "BUF",
-        "BUR",
-        "BWI",
-        "BZN",
-        "CAE",
-        "CAK",
-        "CHO",
-        "CHS",
-        "CLE",
-        "CLT",
-        "CMH",
-        "CRW",
-        "CVG",
-        "DAY",
-        "DCA",
-        "DEN",
-        "DFW",
-        "DSM",
-        "DTW",
-        "EGE",
-        "EYW",
-        "FLL",
-        "GRR",
-        "GSO",
-        "GSP",
-        "HDN",
-        "HNL",
-        "HOU",
-        "IAD",
-        "IAH",
-        "ILM",
-        "IND",
-        "JAC",
-        "JAX",
-        "LAS",
-        "LAX",
-        "LEX",
-        "LGA",
-        "LGB",
-        "MCI",
-        "MCO",
-        "MDW",
-        "MEM",
-        "MHT",
-        "MIA",
-        "MKE",
-        "MSN",
-        "MSP",
-        "MSY",
-        "MTJ",
-        "MVY",
-        "MYR",
-        "OAK",
-        "OKC",
-        "OMA",
-        "ORD",
-        "ORF",
-        "PBI",
-        "PDX",
-        "PHL",
-        "PHX",
-        "PIT",
-        "PSE",
-        "PSP",
-        "PVD",
-        "PWM",
-        "RDU",
-        "RIC",
-        "ROC",
-        "RSW",
-        "SAN",
-        "SAT",
-        "SAV",
-        "SBN",
-        "SDF",
-        "SEA",
-        "SFO",
-        "SJC",
-        "SJU",
-        "SLC",
-        "SMF",
-        "SNA",
-        "SRQ",
-        "STL",
-        "STT",
-        "SYR",
-        "TPA",
-        "TUL",
-        "TVC",
-        "TYS",
-        "XNA",
-    ],
-}
 
 
 @dataclass
@@ -186,7 +70,7 @@ def _suite(
     for column in (c for c in FEATURES if c in columns):
         suite.append((NULL_FRACTION, gxe.ExpectColumnValuesToNotBeNull(column=column, mostly=1.0 - max_null_fraction)))
     for column in (c for c in NUMERIC_FEATURES if c in columns):
-        low, high = DEFAULT_RANGES[column]
+        low, high = RANGES[column]
         suite.append(
             (
                 VALUE_RANGES,
@@ -225,7 +109,7 @@ def validate(
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    suite = _suite(set(frame.columns), max_null_fraction, min_rows, range_mostly, categories or DEFAULT_CATEGORIES)
+    suite = _suite(set(frame.columns), max_null_fraction, min_rows, range_mostly, categories or CATEGORIES)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = (

@@ -4,7 +4,16 @@ import pandas as pd
 import pytest
 
 from mlops_assets.features import features_key, load_features, quarantine_key
-from mlops_assets.features_spec import FEATURES, LEAKY_COLUMNS, ROW_KEY, TARGET
+from mlops_assets.features_spec import (
+    CATEGORICAL_FEATURES,
+    CATEGORIES,
+    FEATURES,
+    LEAKY_COLUMNS,
+    NUMERIC_FEATURES,
+    RANGES,
+    ROW_KEY,
+    TARGET,
+)
 from resources import FlightSource, local_resources
 from tests.conftest import materialize
 
@@ -19,6 +28,15 @@ def test_validated_features_are_typed_leak_free_and_stored(features_home):
     assert frame[ROW_KEY].is_unique
     assert set(frame[TARGET].unique()) == {0, 1}
     assert 20_000 < len(frame) < 30_000  # January 2013 less cancelled flights
+
+
+def test_the_contract_covers_every_feature_and_the_data_stays_inside_it(features_home):
+    assert set(RANGES) == set(NUMERIC_FEATURES) and set(CATEGORIES) == set(CATEGORICAL_FEATURES)
+    frame = load_features(local_resources(features_home)["store"], [MONTH])
+    for column in CATEGORICAL_FEATURES:  # the shipped categories.json holds every value of the data
+        assert set(frame[column].dropna().astype(str)) <= set(CATEGORIES[column]), column
+    for column, (low, high) in RANGES.items():
+        assert frame[column].dropna().between(low, high).mean() > 0.99, column
 
 
 def test_good_month_passes_every_check_with_metadata(resources):
