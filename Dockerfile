@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1.7
 # One image, two commands:
 #   default                     the Dagster code server for the code location `mlops_assets` (gRPC :4000)
-#   mlops-serve                 the Open Inference Protocol server (gRPC :8001, /health /ready /metrics :8002)
+#   mlops-serve                 the Open Inference Protocol server, Triton's ports (REST :8000, gRPC :8001,
+#                               /health /ready /metrics :8002)
 # The same image also runs `dagster-webserver` and `dagster-daemon run` (see deploy/ and README).
 # tests/deploy/test_dockerfile.py runs this file's commands in a clean venv, since no Docker engine runs in CI.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -48,6 +49,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     MLOPS_HOME=/var/lib/mlops \
     DAGSTER_HOME=/opt/dagster/dagster_home \
     DAGSTER_GRPC_PORT=4000 \
+    MLOPS_SERVE_HTTP_PORT=8000 \
     MLOPS_SERVE_PORT=8001 \
     MLOPS_SERVE_METRICS_PORT=8002 \
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
@@ -64,7 +66,7 @@ COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlops-healthcheck
 
 USER 10001:10001
 WORKDIR /var/lib/mlops
-EXPOSE 4000 8001 8002
+EXPOSE 4000 8000 8001 8002
 
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["mlops-healthcheck"]
 

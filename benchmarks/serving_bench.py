@@ -327,6 +327,9 @@ class ServeTarget(Target):
                 MODEL,
                 "--prediction-log-dir",
                 str(log_dir / name),
+                # Shipping on, as by default, but never into the pipeline's own $MLOPS_HOME/artifacts.
+                "--log-ship-to",
+                str(log_dir / f"{name}-shipped"),
                 "--log-level",
                 "WARNING",
                 *args,

@@ -3,7 +3,8 @@
 `serving.servicer` (gRPC, protobuf) and `serving.rest` (HTTP/REST, JSON) only convert their wire
 format; everything a request means happens here once: the repository lookup, the drain refusal, the
 per-version accounting (one context manager, whatever becomes of the request), the batcher call
-within the client's deadline, the choice of outputs, the prediction log and the request log lines.
+within the client's deadline, the choice of outputs, the prediction log (with the row keys and event
+time of the request's parameters, serving.log_parameters) and the request log lines.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +31,7 @@ from serving.errors import (
     ServingError,
     quoted,
 )
+from serving.log_parameters import log_parameters
 
 log = logging.getLogger("serving.dataplane")
 
@@ -64,6 +66,7 @@ class InferRequest(Protocol):
     model_version: str
     id: str
     output_names: Sequence[str]  # the outputs asked for; empty for all
+    parameters: Mapping[str, object]  # the request's parameters as Python values (serving.log_parameters.NAMES)
 
     def decode(self, model) -> tuple[dict[str, np.ndarray], int]: ...
 
@@ -120,6 +123,7 @@ class DataPlane:
         request_id = request.id or self._id_prefix + str(next(self._ids))
         with self._accounting(model, request_id, start) as timing:
             feeds, rows = request.decode(model)
+            row_keys, event_ts = log_parameters(request.parameters, rows)
             timing.decoded = time.perf_counter_ns()
             timing.result = result = await self._run(model, feeds, rows, remaining_s)
             timing.computed = time.perf_counter_ns()
@@ -131,7 +135,7 @@ class DataPlane:
         if plog is not None and plog.sampled():
             # Every output is logged, whichever the client asked for.
             logged = dict(zip(model.output_names, result.outputs, strict=True))
-            plog.submit(request_id, model.name, model.version, feeds, logged)
+            plog.submit(request_id, model.name, model.version, feeds, logged, row_keys=row_keys, event_ts=event_ts)
         if self._debug:
             log.debug(
                 "inference",

@@ -111,7 +111,8 @@ def _reason(error: Exception) -> str:
 class Shipper:
     """Ships the closed segments of `directory` from a background thread (owned by a PredictionLog).
 
-    `shipped` and `ship_errors` count this process's uploads and failed attempts; `pending` is the
+    `shipped` and `ship_errors` count this process's uploads and failed attempts (`stats`, a
+    `serving.metrics.ServerStats`, counts them too); `pending` is the
     folder's closed segments still waiting, whichever process closed them."""
 
     def __init__(self, directory: Path, ship_to: str, *, stats=None, backoff_s: tuple[float, float] = (1.0, 60.0)):
@@ -186,7 +187,8 @@ class Shipper:
                 return False
             if shipped:
                 self.shipped += 1
-                _call(self._stats, "record_log_shipped", 1)
+                if self._stats is not None:
+                    self._stats.record_log_shipped(1)
         if self._failures:
             log.info("prediction log shipping resumed after %d failed attempts", self._failures)
             self._failures = 0
@@ -213,7 +215,8 @@ class Shipper:
         self._failures += 1
         self.ship_errors += 1
         reason = _reason(error)
-        _call(self._stats, "record_log_ship_error", reason)
+        if self._stats is not None:
+            self._stats.record_log_ship_error(reason)
         now = time.monotonic()
         if now - self._warned_at < WARN_INTERVAL_S:
             return
@@ -226,10 +229,3 @@ class Shipper:
             self.pending,
             extra={"segment": path.name, "reason": reason, "failures": self._failures},
         )
-
-
-def _call(stats, method: str, *args) -> None:
-    """Count in `stats` when it has `method` (serving.metrics may not have the shipping counters yet)."""
-    record = getattr(stats, method, None)
-    if record is not None:
-        record(*args)

@@ -1,13 +1,11 @@
-"""Statistics and Prometheus metrics.
+"""Statistics: what the server counts, and the snapshots its `/metrics` is built from.
 
 The hot path only bumps plain integers in `ModelStats` (one object per model version); nothing is
 locked or formatted per request. The same numbers answer the ModelStatistics RPC and, at scrape
-time, become Prometheus metrics: Triton's names where Triton has an equivalent
-(`nv_inference_request_success`, `nv_inference_queue_duration_us`, ...) and `mlops_serve_*`
-histograms for queue time, compute time, request time and batch size.
+time, become Prometheus metrics (`serving.exposition`).
 
 With several worker processes each worker writes a snapshot of its numbers to a shared folder
-every second (and on shutdown); the parent's `/metrics` sums them.
+every second (and on shutdown); the parent's `/metrics` sums them (`merge_snapshots`).
 """
 
 from __future__ import annotations
@@ -20,9 +18,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import generate_latest
 
 # Seconds; covers a 20 us tiny-model run up to a one-second pile-up.
 TIME_BUCKETS = (
@@ -154,6 +149,9 @@ class ServerStats:
     log_written: int = 0
     log_dropped: dict[str, int] = field(default_factory=dict)  # reason -> prediction log records lost
     log_evicted_bytes: int = 0  # closed segments deleted by the retention limit
+    log_shipped: int = 0  # closed segments this process uploaded to the artifact store
+    log_ship_errors: dict[str, int] = field(default_factory=dict)  # reason -> failed upload attempts
+    log_pending: Callable[[], int] = lambda: 0  # closed segments waiting in the folder the workers share
     loaded: Callable[[], Iterable[dict]] = lambda: ()  # the repository's loaded versions
     registry: Callable[[], dict | None] = lambda: None  # the registry mirror's poll status
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -176,6 +174,15 @@ class ServerStats:
         with self.lock:
             self.log_dropped[reason] = self.log_dropped.get(reason, 0) + records
 
+    def record_log_shipped(self, segments: int) -> None:
+        with self.lock:
+            self.log_shipped += segments
+
+    def record_log_ship_error(self, reason: str) -> None:
+        """A failed upload attempt: S3's error code, the errno name or the exception type."""
+        with self.lock:
+            self.log_ship_errors[reason] = self.log_ship_errors.get(reason, 0) + 1
+
     def record_swap(self, model: str) -> None:
         with self.lock:
             self.swaps[model] = self.swaps.get(model, 0) + 1
@@ -190,6 +197,7 @@ class ServerStats:
             models = list(self.models.values())
             swaps = dict(self.swaps)
             swap_failures = [[m, r, n] for (m, r), n in self.swap_failures.items()]
+            shipped, ship_errors = self.log_shipped, dict(self.log_ship_errors)
         return {
             "models": [m.to_dict() for m in models],
             "swaps": swaps,
@@ -199,64 +207,13 @@ class ServerStats:
                 "written": self.log_written,
                 "dropped": dict(self.log_dropped),
                 "evicted_bytes": self.log_evicted_bytes,
+                "shipped": shipped,
+                "ship_errors": ship_errors,
+                "pending_segments": self.log_pending(),
             },
             "loaded": list(self.loaded()),
             "registry": self.registry(),
         }
-
-
-# --- exposition ---------------------------------------------------------------------------------
-
-_TRITON_COUNTERS = (
-    (
-        "nv_inference_request_success",
-        "Number of successful inference requests, all batch sizes",
-        lambda m: m["success"][0],
-    ),
-    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes", lambda m: m["fail"][0]),
-    ("nv_inference_count", "Number of inferences performed (a batch of n counts n)", lambda m: m["inference_count"]),
-    ("nv_inference_exec_count", "Number of model executions performed (batches)", lambda m: m["execution_count"]),
-    (
-        "nv_inference_request_duration_us",
-        "Cumulative inference request duration in microseconds",
-        lambda m: m["success"][1] // 1000,
-    ),
-    (
-        "nv_inference_queue_duration_us",
-        "Cumulative inference queuing duration in microseconds",
-        lambda m: m["queue"][1] // 1000,
-    ),
-    (
-        "nv_inference_compute_input_duration_us",
-        "Cumulative compute input duration in microseconds",
-        lambda m: m["compute_input_ns"] // 1000,
-    ),
-    (
-        "nv_inference_compute_infer_duration_us",
-        "Cumulative compute inference duration in microseconds",
-        lambda m: m["compute_infer"][1] // 1000,
-    ),
-    (
-        "nv_inference_compute_output_duration_us",
-        "Cumulative compute output duration in microseconds",
-        lambda m: m["compute_output_ns"] // 1000,
-    ),
-)
-
-_HISTOGRAMS = (
-    ("mlops_serve_request_duration_seconds", "Inference request time in the server", "request", TIME_BUCKETS),
-    ("mlops_serve_queue_duration_seconds", "Time requests wait in the batching queue", "queue", TIME_BUCKETS),
-    ("mlops_serve_compute_duration_seconds", "Model execution time per batch", "compute", TIME_BUCKETS),
-    ("mlops_serve_batch_size", "Rows per model execution", "batch", BATCH_BUCKETS),
-)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(**labels: str) -> str:
-    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items()) + "}"
 
 
 def merge_snapshots(snapshots: list[dict]) -> dict:
@@ -269,7 +226,7 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
         "swaps": {},
         "swap_failures": [],
         "unknown_model_failures": {},
-        "log": {"written": 0, "dropped": {}, "evicted_bytes": 0},
+        "log": {"written": 0, "dropped": {}, "evicted_bytes": 0, "shipped": 0, "ship_errors": {}},
         "loaded": [],
         # Every worker reads the one mirror's counters: report the freshest, never a sum.
         "registry": max(
@@ -311,149 +268,17 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
         for reason, n in snap["log"]["dropped"].items():
             merged["log"]["dropped"][reason] = merged["log"]["dropped"].get(reason, 0) + n
         merged["log"]["evicted_bytes"] += snap["log"]["evicted_bytes"]
+        merged["log"]["shipped"] += snap["log"]["shipped"]
+        for reason, n in snap["log"]["ship_errors"].items():
+            merged["log"]["ship_errors"][reason] = merged["log"]["ship_errors"].get(reason, 0) + n
         for entry in snap["loaded"]:
             loaded.add((entry["model"], entry["version"], entry["alias"]))
+    # The workers share one folder, so each counts every segment waiting there: the largest count, not the sum.
+    merged["log"]["pending_segments"] = max(s["log"]["pending_segments"] for s in snapshots)
     merged["models"] = list(models.values())
     merged["swap_failures"] = [[m, r, n] for (m, r), n in failures.items()]
     merged["loaded"] = [{"model": m, "version": v, "alias": a} for m, v, a in sorted(loaded)]
     return merged
-
-
-def render(snapshot: dict, supervisor: dict | None = None) -> bytes:
-    """Prometheus text exposition of one (merged) snapshot and of the workers' health."""
-    supervisor = supervisor or {"workers": [{"index": 0, "ready": True, "heartbeat_age_s": 0.0}], "restarts": {}}
-    out: list[str] = []
-    models = snapshot["models"]
-    for name, doc, get in _TRITON_COUNTERS:
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} counter\n")
-        for m in models:
-            if name == "nv_inference_request_failure":
-                reasons = m["fail_reasons"] or {}
-                for reason, n in sorted(reasons.items()):
-                    out.append(f"{name}{_labels(model=m['name'], version=m['version'], reason=reason)} {n}\n")
-                continue
-            out.append(f"{name}{_labels(model=m['name'], version=m['version'])} {get(m)}\n")
-
-    name = "nv_inference_pending_request_count"
-    out.append(
-        f"# HELP {name} Inference requests inside the server: decoding, queued or executing\n# TYPE {name} gauge\n"
-    )
-    for m in models:
-        out.append(f"{name}{_labels(model=m['name'], version=m['version'])} {m['pending']}\n")
-
-    families = []
-    for name, doc, key, bounds in _HISTOGRAMS:
-        family = HistogramMetricFamily(name, doc, labels=["model", "version"])
-        for m in models:
-            data = m["hist"][key]
-            cumulative, buckets = 0, []
-            for bound, count in zip([*bounds, float("inf")], data["counts"], strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
-            family.add_metric([m["name"], m["version"]], buckets, data["sum"])
-        families.append(family)
-
-    loaded = GaugeMetricFamily(
-        "mlops_serve_model_version_loaded",
-        "1 for each model version loaded, by alias",
-        labels=["model", "version", "alias"],
-    )
-    for entry in snapshot["loaded"]:
-        loaded.add_metric([entry["model"], entry["version"], entry["alias"]], 1)
-    families.append(loaded)
-
-    swaps = CounterMetricFamily("mlops_serve_model_swaps", "Model version swaps completed", labels=["model"])
-    for model, n in snapshot["swaps"].items():
-        swaps.add_metric([model], n)
-    families.append(swaps)
-    failed = CounterMetricFamily(
-        "mlops_serve_model_swap_failures",
-        "Model versions refused (corrupt, changed signature, failed warm-up)",
-        labels=["model", "reason"],
-    )
-    for model, reason, n in snapshot["swap_failures"]:
-        failed.add_metric([model, reason], n)
-    families.append(failed)
-    registry = snapshot.get("registry")
-    if registry:
-        from prometheus_client.core import SummaryMetricFamily
-
-        polls = CounterMetricFamily("mlops_serve_registry_polls", "Registry polls by the registry mirror")
-        polls.add_metric([], registry["polls"])
-        poll_failures = CounterMetricFamily(
-            "mlops_serve_registry_poll_failures", "Registry polls that met an unreachable registry or a failed download"
-        )
-        poll_failures.add_metric([], registry["failures"])
-        poll_duration = SummaryMetricFamily(
-            "mlops_serve_registry_poll_duration_seconds",
-            "Time a registry poll takes, downloads included",
-            count_value=registry["polls"],
-            sum_value=registry["duration_seconds"],
-        )
-        last_success = GaugeMetricFamily(
-            "mlops_serve_registry_last_success_timestamp_seconds", "Unix time of the last registry poll without errors"
-        )
-        if registry["last_success"] is not None:
-            last_success.add_metric([], registry["last_success"])
-        stale = GaugeMetricFamily(
-            "mlops_serve_registry_alias_stale",
-            "1 while an alias serves a version the registry does not confirm (outage, alias gone, new version refused)",
-            labels=["alias"],
-        )
-        for alias, value in sorted(registry["stale"].items()):
-            stale.add_metric([alias], value)
-        families += [polls, poll_failures, poll_duration, last_success, stale]
-    unknown = CounterMetricFamily(
-        "mlops_serve_rejected_requests", "Inference requests refused before reaching a model", labels=["code"]
-    )
-    for code, n in snapshot["unknown_model_failures"].items():
-        unknown.add_metric([code], n)
-    families.append(unknown)
-    log_written = CounterMetricFamily("mlops_serve_prediction_log_records", "Prediction log records written")
-    log_written.add_metric([], snapshot["log"]["written"])
-    families.append(log_written)
-    log_dropped = CounterMetricFamily(
-        "mlops_serve_prediction_log_dropped",
-        "Prediction log records lost, by reason (buffer_full, write_error)",
-        labels=["reason"],
-    )
-    for reason, n in sorted(snapshot["log"]["dropped"].items()):
-        log_dropped.add_metric([reason], n)
-    families.append(log_dropped)
-    log_evicted = CounterMetricFamily(
-        "mlops_serve_prediction_log_evicted_bytes", "Closed prediction log segments deleted by the retention limit"
-    )
-    log_evicted.add_metric([], snapshot["log"]["evicted_bytes"])
-    families.append(log_evicted)
-    families.extend(_worker_families(supervisor))
-
-    class _Families:
-        def collect(self):
-            return families
-
-    return "".join(out).encode() + generate_latest(_Families())
-
-
-def _worker_families(supervisor: dict) -> list:
-    workers = supervisor["workers"]
-    count = GaugeMetricFamily("mlops_serve_workers", "Worker processes serving the gRPC port")
-    count.add_metric([], len(workers))
-    ready = GaugeMetricFamily("mlops_serve_worker_ready", "1 while a worker is ready to serve", labels=["worker"])
-    age = GaugeMetricFamily(
-        "mlops_serve_worker_heartbeat_age_seconds",
-        "Seconds since a worker's event loop last reported; grows without bound while it is wedged",
-        labels=["worker"],
-    )
-    for worker in workers:
-        ready.add_metric([str(worker["index"])], 1 if worker["ready"] else 0)
-        if worker["heartbeat_age_s"] is not None:
-            age.add_metric([str(worker["index"])], worker["heartbeat_age_s"])
-    restarts = CounterMetricFamily(
-        "mlops_serve_worker_restarts", "Workers restarted by the parent, by reason (exited, wedged)", labels=["reason"]
-    )
-    for reason, n in sorted(supervisor["restarts"].items()):
-        restarts.add_metric([reason], n)
-    return [count, ready, age, restarts]
 
 
 class SnapshotPublisher(threading.Thread):

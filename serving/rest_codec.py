@@ -48,6 +48,7 @@ class RestInfer:
     output_names: list[str]
     tensors: list[JsonTensor]
     binary_outputs: bool | set[str]  # True / False for every output, or the names to send as bytes
+    parameters: dict  # the body's top-level `parameters`
 
     def decode(self, model):
         return decode_tensors(self.tensors, model.signature, model.max_batch_size, model.nan_policy, _read)
@@ -118,7 +119,7 @@ def parse_request(body: bytes, header_length: str | None, model_name: str, model
     if offset != len(binary):
         raise InvalidInput(f"the body holds {len(binary)} bytes of binary data, the inputs' binary_data_size {offset}")
     output_names, binary_outputs = _outputs(doc.get("outputs"), binary_all)
-    return RestInfer(model_name, model_version, request_id, output_names, tensors, binary_outputs)
+    return RestInfer(model_name, model_version, request_id, output_names, tensors, binary_outputs, parameters)
 
 
 def _object(doc: dict, key: str, where: str) -> dict:

@@ -1,15 +1,16 @@
 """Wiring: configuration, the gRPC server, the HTTP side port, worker processes, graceful stop.
 
 `mlops-serve` (this module's `main`) serves a registered MLflow model by name and alias, or one
-ONNX file with `--model-path`, over the Open Inference Protocol on gRPC and, with `--http-port`, on
-HTTP/REST (serving.rest). Every flag has an environment variable fallback (see `build_parser`).
+ONNX file with `--model-path`, over the Open Inference Protocol on gRPC (8001) and HTTP/REST (8000,
+serving.rest), Triton's port layout. Every flag has an environment variable fallback (see `build_parser`).
 With `--workers N > 1` the parent starts N worker processes that share the gRPC and REST ports
 through SO_REUSEPORT, serves the HTTP side port itself (summing the workers' metrics) and forwards
 SIGTERM to them.
 
 A graceful stop (SIGTERM or SIGINT): health goes NOT_SERVING and /ready 503, new inference
 requests get UNAVAILABLE while the ones in flight finish (up to the grace period), then gRPC stops,
-the batchers drain, and the prediction log writes everything buffered and closes its segment.
+the batchers drain, and the prediction log writes everything buffered, closes its segment and ships
+it to the artifact store (`--log-ship-to`), within what is left of grace period + HARD_STOP_MARGIN_S.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ from pathlib import Path
 log = logging.getLogger("serving.server")
 
 HEARTBEAT_S = 0.2
-# A stop always ends within grace period + this margin, whatever the workers are doing.
-HARD_STOP_MARGIN_S = 3.0
+# A stop always ends within grace period + this margin, whatever the workers are doing; deploy/ allows for it.
+HARD_STOP_MARGIN_S = 5.0
+# On a graceful stop the prediction log's last upload gets up to this long, within that hard deadline.
+LOG_CLOSE_TIMEOUT_S = 10.0
+STOP_SLACK_S = 0.5  # what the rest of a stop needs after the log closes
 
 
 def _mlops_home() -> Path:
@@ -46,7 +50,7 @@ class ServeConfig:
     host: str = "0.0.0.0"
     port: int = 8001
     metrics_port: int = 8002  # -1 turns the HTTP side port off
-    http_port: int = -1  # the REST binding, off by default; Triton serves it on 8000
+    http_port: int = 8000  # the REST binding (-1 turns it off), Triton's port
     tracking_uri: str | None = None
     registry_uri: str | None = None
     model_name: str = "flight_delay"
@@ -75,6 +79,7 @@ class ServeConfig:
     prediction_log_max_bytes: int = 64 * 1024 * 1024
     prediction_log_max_age_s: float = 300.0
     prediction_log_max_total_bytes: int = 1024**3
+    log_ship_to: str | None = None  # where closed segments ship; None: $MLOPS_HOME/artifacts, "none": stay local
     grace_period: float = 30.0
     stall_timeout: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
@@ -113,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-port",
         type=int,
         default=_env("MLOPS_SERVE_HTTP_PORT", d.http_port, int),
-        help="port of the Open Inference Protocol over HTTP/REST (/v2/...; Triton uses 8000), behind the same "
-        "token as gRPC; -1 turns it off [MLOPS_SERVE_HTTP_PORT]",
+        help="port of the Open Inference Protocol over HTTP/REST (/v2/...), behind the same token as gRPC; "
+        "-1 turns it off [MLOPS_SERVE_HTTP_PORT]",
     )
     a(
         "--tracking-uri",
@@ -258,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete the oldest closed segments past this total; 0 keeps all [MLOPS_PREDICTION_LOG_MAX_TOTAL_BYTES]",
     )
     a(
+        "--log-ship-to",
+        default=_env("MLOPS_SERVE_LOG_SHIP_TO", None),
+        help="where closed prediction log segments ship (prediction_log/yyyy/mm/dd/...): a folder, file://... or "
+        "s3://bucket/prefix; default $MLOPS_HOME/artifacts, the pipeline's local artifact store; 'none' keeps "
+        "them here [MLOPS_SERVE_LOG_SHIP_TO]",
+    )
+    a(
         "--stall-timeout",
         type=float,
         default=_env("MLOPS_SERVE_STALL_TIMEOUT", d.stall_timeout, float),
@@ -309,6 +321,14 @@ def parse_config(argv: list[str] | None = None) -> ServeConfig:
     return config
 
 
+def ship_destination(value: str | None) -> str | None:
+    """The URI closed prediction log segments ship to: by default the embedded pipeline's artifact store,
+    which reads them from there (resources/served_predictions.py); None for 'none'."""
+    if value is None:
+        return str(_mlops_home() / "artifacts")
+    return None if value.strip().lower() == "none" else value
+
+
 # --- one worker -----------------------------------------------------------------------------------
 
 
@@ -325,6 +345,7 @@ class Worker:
         self.stall_reasons: list[str] = []
         self.state = None
         self._stop_requested = False
+        self._stop_requested_at: float | None = None  # monotonic; the stop's hard deadline counts from it
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopped = threading.Event()
@@ -368,7 +389,7 @@ class Worker:
         self.repository = repository
         state = ServerState()
         self.state = state
-        prediction_log = None
+        prediction_log = shipping_to = None
         if cfg.prediction_log_sample_rate > 0:
             prediction_log = PredictionLog(
                 cfg.prediction_log_dir,
@@ -377,7 +398,12 @@ class Worker:
                 max_age_s=cfg.prediction_log_max_age_s,
                 max_total_bytes=cfg.prediction_log_max_total_bytes,
                 stats=stats,
+                ship_to=ship_destination(cfg.log_ship_to),
             )
+            shipper = prediction_log.shipper
+            if shipper is not None:
+                stats.log_pending = lambda: shipper.pending
+                shipping_to = str(shipper.destination)
         # --- registry source (owned by serving.registry) ---
         source = open_source(cfg)
         stats.registry = source.status
@@ -448,6 +474,7 @@ class Worker:
                 "address": address,
                 "port": self.port,
                 "http_port": self.http_port,
+                "log_ship_to": shipping_to,
                 "tls": bool(cfg.tls_cert),
                 "auth": bool(cfg.token),
                 "batching": cfg.batching,
@@ -517,7 +544,7 @@ class Worker:
             await repository.close(timeout=1.0)
             flushed = True
             if prediction_log is not None:
-                flushed = await loop.run_in_executor(None, prediction_log.close, 2.0)
+                flushed = await loop.run_in_executor(None, prediction_log.close, self._log_close_timeout())
             if publisher is not None:
                 publisher.stop()
             log.info(
@@ -530,8 +557,18 @@ class Worker:
             )
             self.stopped.set()
 
+    def _log_close_timeout(self) -> float:
+        """Up to LOG_CLOSE_TIMEOUT_S for the log's last write and upload, ending before the stop's hard deadline
+        (`_guard_stop`): after a full grace period that leaves about HARD_STOP_MARGIN_S, and what does not ship
+        in time waits in the folder for the next start."""
+        requested = self._stop_requested_at or time.monotonic()
+        left = requested + self.config.grace_period + HARD_STOP_MARGIN_S - STOP_SLACK_S - time.monotonic()
+        return max(STOP_SLACK_S, min(LOG_CLOSE_TIMEOUT_S, left))
+
     def request_stop(self) -> None:
         """Start a graceful stop; safe from any thread, also before the loop runs."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
         self._stop_requested = True
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
@@ -576,7 +613,7 @@ def start_http(
     """Serve /health (live), /ready and /metrics on a daemon thread; never behind the token.
 
     It runs on its own thread so that it still answers, truthfully, when the event loop is wedged."""
-    from serving.metrics import render
+    from serving.exposition import render
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name

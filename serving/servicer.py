@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2_grpc
 from serving.codec import decode_inputs, encode_outputs
 from serving.dataplane import PLATFORM, SERVER_NAME, SERVER_VERSION, DataPlane, InferReply
 from serving.errors import ModelLoadError, ModelNotFound, quoted
+from serving.log_parameters import NAMES as LOG_PARAMETERS
 from serving.signature import DATATYPE_TO_TRITON
 
 EXTENSIONS = ["model_repository", "model_configuration", "statistics", "schedule_policy"]
@@ -26,7 +27,7 @@ EXTENSIONS = ["model_repository", "model_configuration", "statistics", "schedule
 class _GrpcInfer:
     """A ModelInferRequest as the data plane sees it."""
 
-    __slots__ = ("request", "model_name", "model_version", "id", "output_names")
+    __slots__ = ("request", "model_name", "model_version", "id", "output_names", "parameters")
 
     def __init__(self, request):
         self.request = request
@@ -34,6 +35,7 @@ class _GrpcInfer:
         self.model_version = request.model_version
         self.id = request.id
         self.output_names = [o.name for o in request.outputs] if request.outputs else ()
+        self.parameters = _parameters(request.parameters) if request.parameters else {}
 
     def decode(self, model):
         return decode_inputs(self.request, model.signature, model.max_batch_size, model.nan_policy)
@@ -42,6 +44,17 @@ class _GrpcInfer:
         response = pb.ModelInferResponse(model_name=reply.model_name, model_version=reply.model_version, id=reply.id)
         encode_outputs(response, reply.names, reply.outputs, reply.datatypes)
         return response
+
+
+def _parameters(parameters) -> dict[str, object]:
+    """The InferParameters the data plane reads, as Python values."""
+    values = {}
+    for name in LOG_PARAMETERS:
+        if name in parameters:  # never `parameters[name]` first: that would add the entry
+            choice = parameters[name].WhichOneof("parameter_choice")
+            if choice is not None:  # no value set: as if not given
+                values[name] = getattr(parameters[name], choice)
+    return values
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):

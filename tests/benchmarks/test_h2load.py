@@ -31,6 +31,7 @@ def server(model_path, tmp_path_factory):
             host="127.0.0.1",
             port=free_port(),
             metrics_port=-1,
+            http_port=-1,
             model_name=MODEL,
             model_path=str(model_path),
             token=TOKEN,

@@ -80,13 +80,17 @@ def _serving_pod() -> dict:
     return _kind("Deployment")["mlops-serve"]["spec"]["template"]["spec"]
 
 
+_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
 def _k8s_serving_env() -> dict[str, str]:
-    """The serving container's environment as the kubelet sets it: values, ConfigMap keys, required Secrets."""
+    """The serving container's environment as the kubelet sets it: values (with `$(NAME)` of an earlier entry
+    expanded), ConfigMap keys, required Secrets."""
     env = {}
     for entry in _serving_pod()["containers"][0]["env"]:
         source = entry.get("valueFrom", {})
         if "value" in entry:
-            env[entry["name"]] = entry["value"]
+            env[entry["name"]] = _REFERENCE.sub(lambda m: env.get(m[1], m[0]), entry["value"])
         elif "configMapKeyRef" in source:
             env[entry["name"]] = _settings()[source["configMapKeyRef"]["key"]]
         elif not source["secretKeyRef"].get("optional"):
@@ -354,7 +358,18 @@ def test_serving_probes_ports_and_scaling_match_the_server():
     container = pod["containers"][0]
     assert container["command"] == ["mlops-serve"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": ServeConfig().port, "http-metrics": ServeConfig().metrics_port}
+    served_ports = {"http-rest": 8000, "grpc": 8001, "http-metrics": 8002}  # Triton's layout
+    assert (
+        ports
+        == served_ports
+        == {
+            "http-rest": ServeConfig().http_port,
+            "grpc": ServeConfig().port,
+            "http-metrics": ServeConfig().metrics_port,
+        }
+    )
+    service = {p["name"]: (p["port"], p["targetPort"]) for p in _kind("Service")["mlops-serve"]["spec"]["ports"]}
+    assert service == {name: (port, name) for name, port in served_ports.items()}
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http-metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http-metrics"}
     assert container["startupProbe"]["httpGet"]["port"] == "http-metrics"
@@ -362,7 +377,9 @@ def test_serving_probes_ports_and_scaling_match_the_server():
     env = {e["name"]: e.get("value") for e in container["env"]}
     help_text = build_parser().format_help()
     documented = set(re.findall(r"\[([A-Z][A-Z0-9_]+)", help_text))
-    assert set(env) <= documented, f"mlops-serve reads no {sorted(set(env) - documented)}"
+    # A variable mlops-serve does not read is there only to build another's value.
+    building = {name for value in env.values() if value for name in _REFERENCE.findall(value)}
+    assert set(env) - building <= documented, f"mlops-serve reads no {sorted(set(env) - building - documented)}"
     cpu_limit = float(container["resources"]["limits"]["cpu"])
     assert int(env["MLOPS_SERVE_WORKERS"]) * int(env["MLOPS_SERVE_INTRA_OP_THREADS"]) <= cpu_limit
 
@@ -536,7 +553,11 @@ def test_the_ecs_serving_task_definition_matches_the_api_and_the_k8s_deployment(
     assert container["readonlyRootFilesystem"] is True
     assert {m["containerPath"] for m in container["mountPoints"]} == {_image_env()["MLOPS_HOME"], "/tmp"}
     ports = {p["name"]: p["containerPort"] for p in container["portMappings"]}
-    assert ports == {"grpc": ServeConfig().port, "http-metrics": ServeConfig().metrics_port}
+    assert ports == {
+        "http-rest": ServeConfig().http_port,
+        "grpc": ServeConfig().port,
+        "http-metrics": ServeConfig().metrics_port,
+    }
     image = _kustomization()["images"][0]
     assert container["image"] == f"{image['newName']}:{image['newTag']}"
     # Every variable is one mlops-serve reads, and both platforms configure the same server.
@@ -545,3 +566,17 @@ def test_the_ecs_serving_task_definition_matches_the_api_and_the_k8s_deployment(
     ecs, k8s = vars(_served(_ecs_serving_env(), monkeypatch)), vars(_served(_k8s_serving_env(), monkeypatch))
     differ = {name for name in ecs if ecs[name] != k8s[name]}
     assert differ <= {"tracking_uri"}, {name: (ecs[name], k8s[name]) for name in differ}
+
+
+@pytest.mark.parametrize("platform", ["k8s", "ecs"])
+def test_served_traffic_ships_to_the_pipelines_artifact_store(platform, monkeypatch):
+    """Segments go where the production resources read them: the same bucket and prefix as the runs'."""
+    from resources.artifact_store import S3ArtifactStore
+    from resources.production import production_prefix
+    from serving.log_records import segment_key
+
+    served = _served(_k8s_serving_env() if platform == "k8s" else _ecs_serving_env(), monkeypatch)
+    monkeypatch.setenv("MLOPS_S3_PREFIX", _settings()["MLOPS_S3_PREFIX"])  # as the run pods get it
+    store = S3ArtifactStore(bucket=_settings()["MLOPS_S3_BUCKET"], prefix=f"{production_prefix()}/artifacts")
+    key = segment_key("predictions-20131205-20131205T120000-7-000001.jsonl")
+    assert f"{served.log_ship_to}/{key}" == store.uri(key)

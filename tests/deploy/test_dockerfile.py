@@ -138,12 +138,13 @@ def test_runtime_is_non_root_with_a_healthcheck_and_both_commands(dockerfile):
     from serving.server import ServeConfig
 
     env = {k: v for e in final.all("ENV") for k, v in parse_env(e).items()}
+    assert int(env["MLOPS_SERVE_HTTP_PORT"]) == ServeConfig().http_port == 8000  # Triton's REST port
     assert int(env["MLOPS_SERVE_PORT"]) == ServeConfig().port
     assert int(env["MLOPS_SERVE_METRICS_PORT"]) == ServeConfig().metrics_port
     assert int(env["DAGSTER_GRPC_PORT"]) == CODE_SERVER_PORT
     assert env["MLOPS_ENV"] == "prod"
     exposed = {int(p) for e in final.all("EXPOSE") for p in e.words()}
-    assert exposed == {CODE_SERVER_PORT, ServeConfig().port, ServeConfig().metrics_port}
+    assert exposed == {CODE_SERVER_PORT, ServeConfig().http_port, ServeConfig().port, ServeConfig().metrics_port}
 
 
 # --- the slow part: replay the build, run the commands ---------------------------------------------
@@ -354,11 +355,13 @@ def test_image_commands_work_in_a_clean_venv_built_from_the_lock(dockerfile):
         made = subprocess.run([venv_python, "-c", make_model], env=image_env, cwd=cwd, capture_output=True, **user)
         assert made.returncode == 0, made.stderr.decode()
         serve_env = {**image_env, "MLOPS_SERVE_PORT": str(free_port()), "MLOPS_SERVE_MODEL_PATH": str(model)}
+        serve_env["MLOPS_SERVE_HTTP_PORT"] = str(free_port())
         server = start(["mlops-serve"], logs / "serve.log", env=serve_env, cwd=cwd, **user)
         processes.append(server)
         wait_until(healthy, timeout=120, what="mlops-serve's HEALTHCHECK", interval=1.0, process=server)
         ready = f"http://127.0.0.1:{serve_env['MLOPS_SERVE_METRICS_PORT']}/ready"
         wait_until(lambda: http_status(ready) == 200, timeout=60, what="mlops-serve /ready", process=server)
+        assert http_status(f"http://127.0.0.1:{serve_env['MLOPS_SERVE_HTTP_PORT']}/v2/health/ready") == 200  # REST
         stop(server)
 
         # 3. The same image runs the webserver and the daemon.

@@ -46,6 +46,8 @@ def _server(tmp_path, **config) -> RunningServer:
             host="127.0.0.1",
             port=free_port(),
             metrics_port=-1,
+            http_port=-1,
+            log_ship_to="none",
             poll_interval=0.2,
             cache_dir=str(tmp_path / "serving_cache"),
             prediction_log_dir=str(tmp_path / "prediction_log"),

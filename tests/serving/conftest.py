@@ -39,8 +39,10 @@ def serve(tmp_path):
             host="127.0.0.1",
             port=free_port(),
             metrics_port=free_port(),
+            http_port=-1,  # tests of REST pass a free port
             model_name=MODEL,
             prediction_log_dir=str(tmp_path / "prediction_log"),
+            log_ship_to="none",  # tests of shipping pass a folder
             poll_interval=0.2,
             cache_dir=str(tmp_path / "cache"),
             grace_period=10.0,

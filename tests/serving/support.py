@@ -123,6 +123,7 @@ class ServerProcess:
     def __init__(self, args: list[str], env: dict | None = None, log_path: Path | None = None):
         self.port = free_port()
         self.metrics_port = free_port()
+        self.rest_port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.http = f"http://127.0.0.1:{self.metrics_port}"
         full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
@@ -139,6 +140,11 @@ class ServerProcess:
                 str(self.port),
                 "--metrics-port",
                 str(self.metrics_port),
+                # REST on a free port and the log kept local unless `args` say otherwise (the last flag wins).
+                "--http-port",
+                str(self.rest_port),
+                "--log-ship-to",
+                "none",
                 *args,
             ],
             env=full_env,

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -36,20 +35,6 @@ pytestmark = pytest.mark.timeout(90)
 ARRAYS = {"x": np.arange(4, dtype=np.float32)}
 FAST = {"ship_backoff_s": (0.02, 0.2), "flush_interval_s": 0.005}  # retries within a test's seconds
 DEC_1 = datetime(2013, 12, 1, 18, tzinfo=UTC).timestamp()
-
-
-@dataclass
-class ShippingStats(ServerStats):
-    """ServerStats with the shipping counters the shipper looks for (serving.metrics is to add them)."""
-
-    log_shipped: int = 0
-    log_ship_errors: dict[str, int] = field(default_factory=dict)
-
-    def record_log_shipped(self, segments: int) -> None:
-        self.log_shipped += segments
-
-    def record_log_ship_error(self, reason: str) -> None:
-        self.log_ship_errors[reason] = self.log_ship_errors.get(reason, 0) + 1
 
 
 def submit(log: PredictionLog, ids, day_offsets=(0,)) -> None:
@@ -95,7 +80,7 @@ def warnings():
 
 def test_closed_segments_ship_by_event_day_and_leave_the_disk(tmp_path):
     folder, store = tmp_path / "plog", tmp_path / "artifacts"
-    stats = ShippingStats()
+    stats = ServerStats()
     log = PredictionLog(folder, ship_to=f"file://{store}", stats=stats, max_bytes=600, **FAST)
     ids = [f"r{i:03d}" for i in range(40)]
     submit(log, ids, day_offsets=(0, 0, 1))
@@ -112,7 +97,7 @@ def test_closed_segments_ship_by_event_day_and_leave_the_disk(tmp_path):
 def test_an_unreachable_store_gets_the_segments_once_it_is_back(tmp_path, warnings):
     folder, blocker = tmp_path / "plog", tmp_path / "mount"
     blocker.write_text("not a folder")  # the store's mount point is missing: every upload fails ENOTDIR
-    stats = ShippingStats()
+    stats = ServerStats()
     log = PredictionLog(folder, ship_to=str(blocker / "artifacts"), stats=stats, max_age_s=0.05, **FAST)
     submit(log, ["a", "b"])
     wait_until(lambda: log.shipper.ship_errors >= 4, timeout=10, what="retried uploads")
@@ -234,7 +219,7 @@ def test_an_object_in_the_store_is_never_replaced(tmp_path):
         theirs = encode_record(DEC_1, "another server's", "m", "1", ARRAYS, ARRAYS)
         # "clash": another pod's segment took the name; "again": our own upload, before a crash kept the file
         (store / segment_key(name)).write_bytes(theirs if request_id == "clash" else ours[request_id])
-    stats = ShippingStats()
+    stats = ServerStats()
     log = PredictionLog(folder, ship_to=str(store), stats=stats, **FAST)
     assert log.close(10)
 
@@ -246,7 +231,7 @@ def test_an_object_in_the_store_is_never_replaced(tmp_path):
 def test_retention_bounds_the_disk_while_the_store_is_down(tmp_path):
     folder, blocker = tmp_path / "plog", tmp_path / "mount"
     blocker.write_text("not a folder")
-    stats = ShippingStats()
+    stats = ServerStats()
     line = len(encode_record(DEC_1, "r000", "m", "1", ARRAYS, ARRAYS, event_ts=DEC_1))
     log = PredictionLog(folder, ship_to=str(blocker / "a"), stats=stats, max_bytes=1, max_total_bytes=5 * line, **FAST)
     ids = [f"r{i:03d}" for i in range(20)]  # one segment each
@@ -315,14 +300,14 @@ def test_segments_ship_to_s3_and_read_back(s3, tmp_path):
 def test_s3_unreachable_then_back_loses_nothing(s3, s3_endpoint, tmp_path, monkeypatch):
     client, bucket = s3
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    stats = ShippingStats()
+    stats = ServerStats()
     down = PredictionLog(tmp_path, ship_to=f"s3://{bucket}/p", stats=stats, **FAST)
     submit(down, ["a", "b"])
     assert down.close(10)  # one last try, then the segment waits for the next start
     assert down.shipper.ship_errors >= 1 and stats.log_ship_errors and len(local_segments(tmp_path)) == 1
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)  # the endpoint answers again, the bucket is not there yet
-    stats = ShippingStats()
+    stats = ServerStats()
     log = PredictionLog(tmp_path, ship_to=f"s3://{bucket}/p", stats=stats, **FAST)
     wait_until(lambda: stats.log_ship_errors.get("NoSuchBucket", 0) >= 2, timeout=10, what="NoSuchBucket retries")
     client.create_bucket(Bucket=bucket)

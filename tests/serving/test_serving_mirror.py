@@ -296,6 +296,7 @@ def test_a_worker_following_the_registry_never_imports_mlflow(mlflow_registry, t
         host="127.0.0.1",
         port=0,
         metrics_port=-1,
+        http_port=-1,
         tracking_uri=mlflow_registry.tracking_uri,
         cache_dir=str(tmp_path / "cache"),
         prediction_log_sample_rate=0.0,

@@ -39,6 +39,7 @@ def server(model_files, tmp_path_factory):
             model_path=str(model_files["flight_v1"]),
             max_batch_size=MAX_BATCH,
             prediction_log_dir=str(folder / "log"),
+            log_ship_to="none",
         )
     )
     running.wait_ready()
@@ -364,9 +365,11 @@ def test_workers_share_the_rest_port(serve_process, model_files, tmp_path):
 def test_http_port_flag_environment_and_workers(monkeypatch):
     from serving.server import parse_config
 
-    assert parse_config(["--model-path", "m.onnx"]).http_port == -1  # off unless asked for
-    monkeypatch.setenv("MLOPS_SERVE_HTTP_PORT", "8000")
-    assert parse_config(["--model-path", "m.onnx"]).http_port == 8000
+    monkeypatch.delenv("MLOPS_SERVE_HTTP_PORT", raising=False)
+    config = parse_config(["--model-path", "m.onnx"])
+    assert (config.http_port, config.port, config.metrics_port) == (8000, 8001, 8002)  # on, Triton's layout
+    monkeypatch.setenv("MLOPS_SERVE_HTTP_PORT", "-1")
+    assert parse_config(["--model-path", "m.onnx"]).http_port == -1  # off
     assert parse_config(["--model-path", "m.onnx", "--http-port", "9000"]).http_port == 9000
     with pytest.raises(SystemExit, match="--http-port"):
         parse_config(["--model-path", "m.onnx", "--workers", "2", "--http-port", "0"])

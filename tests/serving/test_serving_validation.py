@@ -33,6 +33,8 @@ def server(model_files, tmp_path_factory):
             model_path=str(model_files["flight_v1"]),
             max_batch_size=8,
             prediction_log_dir=str(folder / "log"),
+            http_port=-1,
+            log_ship_to="none",
         )
     )
     running.wait_ready()
