@@ -17,9 +17,11 @@ import dagster as dg
 
 from mlops_assets import runs
 from mlops_assets.demo_monitoring import run_monitoring_loop
+from mlops_assets.demo_traffic import REPLAY_MONTH, REPLAY_ROWS, replay_month
 from mlops_assets.partitions import monthly_partitions
 from resources import local_resources
 from resources.mlflow_registry import CHAMPION
+from resources.settings import mlops_home
 
 DEMO_TAGS = {"mlops/trigger": "demo"}
 # One run of the named scoring job over the whole year (batch_predictions has a single-run backfill policy).
@@ -111,8 +113,20 @@ def main() -> int:
     instance = dg.DagsterInstance.get()
     run = run_pipeline(instance)
     lines = summary(run)  # before retraining can move the champion
-    start = _stage("drift_report 2013-04..2013-12 -> drift_sensor -> retraining run -> promotion gate")
-    lines += run_monitoring_loop(instance, local_resources())
+    resources = local_resources()
+    start = _stage(
+        f"mlops-serve on loopback, following the registry: {REPLAY_ROWS} flights of {REPLAY_MONTH} as traffic"
+    )
+    replayed = replay_month(mlops_home(), resources["store"], resources["registry"].model_name)
+    lines.append(
+        f"served traffic: {replayed.rows} flights of {replayed.month} in {replayed.requests} tritonclient requests "
+        f"with row keys, {replayed.failed} failed, {replayed.seconds:.1f} s; "
+        f"shipped to {resources['served'].location()}"
+    )
+    start = _stage(
+        "drift_report 2013-04..2013-12, live_performance -> drift_sensor -> retraining run -> promotion gate"
+    )
+    lines += run_monitoring_loop(instance, resources, live_month=REPLAY_MONTH)
     lines.append(f"monitoring loop: {time.perf_counter() - start:.1f} s")
     print("\n==> Summary")
     for line in lines:

@@ -22,7 +22,7 @@ class DeploymentConfig(dg.Config):
     """Single-row requests timed for the recorded latency."""
 
 
-def _infer_inputs(feeds: dict[str, np.ndarray]):
+def infer_inputs(feeds: dict[str, np.ndarray]):
     import tritonclient.grpc as grpcclient
 
     inputs = []
@@ -116,7 +116,7 @@ def deployment(
     feeds = onnx_feeds(rows)
     expected = onnx_metrics.session(registry.onnx_bytes(version)).run(["probability"], feeds)[0]
     client, timeout = serving.client(), serving.call_timeout_s
-    inputs = _infer_inputs(feeds)
+    inputs = infer_inputs(feeds)
     reply = _call(
         serving,
         f"the smoke request ({len(rows)} rows)",
@@ -129,7 +129,7 @@ def deployment(
     if max_diff > SMOKE_TOLERANCE:
         raise dg.Failure(f"server answers differ from onnxruntime by {max_diff:.2e} (> {SMOKE_TOLERANCE})")
 
-    single = _infer_inputs(onnx_feeds(rows.head(1)))
+    single = infer_inputs(onnx_feeds(rows.head(1)))
     latencies = []
     for _ in range(config.latency_calls):
         start = time.perf_counter()

@@ -86,9 +86,17 @@ def flight_days(frame: pd.DataFrame) -> np.ndarray:
     return ((dates - dates.min()).dt.days).to_numpy()
 
 
-def calibrate(reference: pd.DataFrame, calibration: Calibration) -> dict[str, ColumnThreshold]:
-    """Each feature column's threshold, from how far its blocks of the reference move from the whole."""
-    reference = sample_rows(reference, calibration.rows, np.random.default_rng(calibration.seed))
+def calibrate(
+    reference: pd.DataFrame, calibration: Calibration, current_rows: int | None = None
+) -> dict[str, ColumnThreshold]:
+    """Each feature column's threshold, from how far its blocks of the reference move from the whole.
+
+    With `current_rows` (the size of the month to be judged), each block is sampled down to that many
+    rows: a few thousand served rows wander further from the reference by chance than a month of
+    batch rows, and the band must include that, or a small sample of an unchanged month drifts.
+    """
+    rng = np.random.default_rng(calibration.seed)
+    reference = sample_rows(reference, calibration.rows, rng)
     days = flight_days(reference)
     span = int(days.max()) + 1
     length = max(1, min(calibration.block_days, span // 2))
@@ -96,11 +104,15 @@ def calibrate(reference: pd.DataFrame, calibration: Calibration) -> dict[str, Co
     # window sits at one of its ends, which is where the window's own movement is largest.
     starts = sorted({*range(0, span - length + 1, calibration.step_days), span - length})
     masks = [(days >= s) & (days < s + length) for s in starts]
-    masks = [m for m in masks if m.sum() >= MIN_BLOCK_ROWS]
+    blocks = [np.flatnonzero(m) for m in masks if m.sum() >= MIN_BLOCK_ROWS]
+    if current_rows is not None:
+        size = max(current_rows, MIN_BLOCK_ROWS)
+        blocks = [np.sort(rng.choice(b, size, replace=False)) if len(b) > size else b for b in blocks]
     thresholds = {}
     for column in FEATURES:
         method, floor = calibration.method(column), calibration.floor(column)
-        scores = [column_score(method, column, reference[column], reference[column][m]) for m in masks]
+        values = reference[column]
+        scores = [column_score(method, column, values, values.iloc[b]) for b in blocks]
         scores = [s for s in scores if math.isfinite(s)]
         natural = float(np.quantile(scores, calibration.quantile)) if scores else float("nan")
         calibrated = calibration.factor * natural

@@ -152,7 +152,7 @@ def compute_drift(
     calibration = calibration or Calibration()
     classifier = classifier or DomainClassifier()
     rule = rule or VerdictRule()
-    thresholds = calibrate(reference, calibration)
+    thresholds = calibrate(reference, calibration, current_rows=len(current))
     importance = model_importance(predict, reference, importance_rows, calibration.seed) if predict else None
     reference, current = reference[list(FEATURES)], current[list(FEATURES)]
     if predict is not None:

@@ -208,6 +208,7 @@ def test_a_serving_replica_follows_the_champion_through_the_tracking_server(stac
         "MLOPS_HOME": str(tmp_path),
         "MLOPS_SERVE_PORT": str(grpc_port),
         "MLOPS_SERVE_METRICS_PORT": str(http_port),
+        "MLOPS_SERVE_HTTP_PORT": str(free_port()),  # REST is on by default: never the fixed 8000 in a test
         "MLOPS_SERVE_HOST": "127.0.0.1",
     }
     command = [sys.executable, "-c", "import sys; from serving.server import main; sys.exit(main())"]
@@ -235,3 +236,38 @@ def test_a_serving_replica_follows_the_champion_through_the_tracking_server(stac
         raise
     finally:
         stop(server)
+
+
+def test_served_traffic_reaches_drift_report_and_live_performance_through_s3(stack, tmp_path):
+    """A serving replica ships its prediction log to the bucket; run pods read it there, not from its disk."""
+    from mlops_assets import demo_traffic
+
+    month = MONTHS[2]  # held out from the champion's training month
+    frame = demo_traffic.sample_month(stack["store"], month, 1_000)
+    env = {
+        **os.environ,
+        "MLOPS_HOME": str(tmp_path),  # the replica's own disk: nothing else reads it
+        "MLOPS_SERVE_LOG_SHIP_TO": f"s3://{stack['bucket']}/{PREFIX}/artifacts",
+    }
+    server, url = demo_traffic.start_server(tmp_path, tmp_path / "serve.log", env=env)
+    try:
+        requests, failed = demo_traffic.replay(url, frame, "flight_delay")
+    finally:
+        assert demo_traffic.stop_server(server) == 0, tail(tmp_path / "serve.log")
+    assert failed == 0 and requests >= len(frame) // demo_traffic.ROWS_PER_REQUEST
+    shipped = _keys(stack, f"{PREFIX}/artifacts/prediction_log/{month.replace('-', '/')}/")
+    assert shipped and not list((tmp_path / "prediction_log").glob("*.jsonl"))
+
+    result = materialize(
+        ["drift_report", "outcomes", "live_performance"],
+        stack["resources"],
+        instance=stack["instance"],
+        partition_key=month,
+    )
+    assert result.success
+    report = {k: v.value for k, v in result.asset_materializations_for_node("drift_report")[0].metadata.items()}
+    assert report["current_source"] == "served_traffic" and report["served_rows"] == len(frame)
+    assert report["served_segments"] == len(shipped) and report["corrupt_records"] == 0
+    live = {k: v.value for k, v in result.asset_materializations_for_node("live_performance")[0].metadata.items()}
+    assert live["judged_source"] == "served" and live["labelled_rows"] == len(frame)
+    assert live["model_version"] == "1"
