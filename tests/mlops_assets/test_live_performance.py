@@ -4,46 +4,25 @@ that had arrived, per model version, on a real champion, a real registry and a r
 from __future__ import annotations
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from mlops_assets import onnx_metrics
 from mlops_assets.features import features_key, load_features
-from mlops_assets.features_spec import FEATURES, ROW_KEY, TARGET
+from mlops_assets.features_spec import ROW_KEY, TARGET
 from mlops_assets.monitoring.performance import label_arrivals
 from resources import LocalArtifactStore, ServedPredictions
 from resources.mlflow_registry import CHAMPION
-from serving.log_records import encode_record, new_segment_name, segment_key
 from tests.conftest import materialize
 from tests.mlops_assets.test_monitoring import tick_live
+from tests.sensors.support import ship_served
 
 DELAY_HOURS = 24.0
 
 
 def _departures(frame: pd.DataFrame) -> pd.Series:
     return pd.to_datetime(frame[ROW_KEY].str[:10], utc=True) + pd.to_timedelta(frame["hour"], unit="h")
-
-
-def ship_served(store, frame: pd.DataFrame, scores: np.ndarray, version: str, month: str) -> None:
-    """`frame` as the server logs it: one request a day of `month`, row keys = flight ids, event time that day."""
-    days = pd.to_datetime(frame[ROW_KEY].str[:10]).dt.day.to_numpy()
-    for day in np.unique(days):
-        rows = frame[days == day]
-        event = pd.Timestamp(f"{month}-{day:02d}T12:00:00Z")
-        line = encode_record(
-            event.timestamp() + 60,
-            f"req-{month}-{day}",
-            "flight_delay",
-            version,
-            {c: rows[c].to_numpy() for c in FEATURES},
-            {"probability": scores[days == day].astype("float32")},
-            row_keys=rows[ROW_KEY].tolist(),
-            event_ts=event.timestamp(),
-        )
-        name = new_segment_name(event.date())
-        store.write_bytes(segment_key(name), line)
 
 
 @pytest.fixture

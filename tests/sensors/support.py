@@ -15,10 +15,14 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
+import pandas as pd
 
 from mlops_assets.features import features_key
+from mlops_assets.features_spec import FEATURES, ROW_KEY
 from resources import local_resources
 from sensors.jobs import TRAINING_SELECTION
+from serving.log_records import encode_record, new_segment_name, segment_key
 from tests.conftest import materialize, training_ops
 
 CHAIN = TRAINING_SELECTION  # whatever training_job runs, so the champion is made the way retraining makes it
@@ -80,3 +84,23 @@ def report_drift(instance: dg.DagsterInstance, month: str, drifted: bool, column
 def scaled(frame, column: str = SHIFTED_COLUMN, factor: float = 1.5):
     """`column` multiplied by `factor`: a unit or scale change that leaves zeros where they were."""
     return frame.assign(**{column: frame[column] * factor})
+
+
+def ship_served(store, frame: pd.DataFrame, scores: np.ndarray, version: str, month: str) -> None:
+    """`frame` as the server logs it: one request a day of `month`, row keys = flight ids, event time that day."""
+    days = pd.to_datetime(frame[ROW_KEY].str[:10]).dt.day.to_numpy()
+    for day in np.unique(days):
+        rows = frame[days == day]
+        event = pd.Timestamp(f"{month}-{day:02d}T12:00:00Z")
+        line = encode_record(
+            event.timestamp() + 60,
+            f"req-{month}-{day}",
+            "flight_delay",
+            version,
+            {c: rows[c].to_numpy() for c in FEATURES},
+            {"probability": scores[days == day].astype("float32")},
+            row_keys=rows[ROW_KEY].tolist(),
+            event_ts=event.timestamp(),
+        )
+        name = new_segment_name(event.date())
+        store.write_bytes(segment_key(name), line)

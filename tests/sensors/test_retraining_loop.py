@@ -5,11 +5,14 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
+from mlops_assets import onnx_metrics
 from mlops_assets.definitions import defs
 from mlops_assets.demo_monitoring import run_monitoring_loop
+from mlops_assets.features import features_key
 from resources.mlflow_registry import CHAMPION
+from sensors.served import served_traffic_sensor
 from tests.conftest import materialize, training_ops
-from tests.sensors.support import CHAIN, SHIFTED, SHIFTED_COLUMN, UNCHANGED, add_synthetic_months
+from tests.sensors.support import CHAIN, SHIFTED, SHIFTED_COLUMN, UNCHANGED, add_synthetic_months, ship_served
 
 
 @pytest.mark.slow
@@ -24,11 +27,19 @@ def test_drift_triggers_a_retraining_run_that_reaches_a_promotion_decision(home,
         # The tests' small settings, minus the months: those are the sensor's to choose.
         fast = {op: {k: v for k, v in cfg.items() if "month" not in k} for op, cfg in training_ops().items()}
 
-        lines = run_monitoring_loop(instance, resources, months=[UNCHANGED, SHIFTED], op_config=fast)
+        # The shifted month reaches the monitors as served traffic, as the demo's replay does.
+        shifted = resources["store"].read_frame(features_key(SHIFTED))
+        scores = onnx_metrics.predict(onnx_metrics.session(registry.onnx_bytes(first)), shifted)
+        ship_served(resources["store"], shifted, scores, first, SHIFTED)
+
+        lines = run_monitoring_loop(
+            instance, resources, months=[UNCHANGED, SHIFTED], op_config=fast, live_month=SHIFTED
+        )
         text = "\n".join(lines)
 
         assert f"{UNCHANGED} (batch features): no drift" in text
-        assert f"{SHIFTED} (batch features): DRIFT - {SHIFTED_COLUMN}" in text
+        assert f"{SHIFTED} (served traffic): DRIFT - {SHIFTED_COLUMN}" in text
+        assert f"live performance {SHIFTED}, judged on served predictions (labels {len(shifted)} of" in text
         window = "train 2013-03..2013-05, validate 2013-02, evaluate 2013-01"
         assert f"drift_sensor: requested training_job ({window})" in text
         runs = instance.get_runs(filters=dg.RunsFilter(job_name="training_job", tags={"mlops/trigger": "drift_sensor"}))
@@ -46,13 +57,16 @@ def test_drift_triggers_a_retraining_run_that_reaches_a_promotion_decision(home,
         # The newest drifted month is measured again against whichever model is champion now.
         assert f"after retraining, against v{champion}: {SHIFTED}" in text
         assert "drift_sensor next tick: " in text
-        assert_the_daemon_carries_on(instance)
+        assert_the_daemon_carries_on(instance, resources)
 
 
-def assert_the_daemon_carries_on(instance: dg.DagsterInstance) -> None:
+def assert_the_daemon_carries_on(instance: dg.DagsterInstance, resources: dict) -> None:
     """What `make ui` does next: the daemon ticks every sensor and the schedule with the state it has
     (no cursor: the loop ran in process), several times. It must request nothing the loop handled."""
     definitions = defs()
+    # The served traffic the loop judged is not judged again.
+    with dg.build_sensor_context(instance=instance, resources=resources, definitions=definitions) as context:
+        assert not served_traffic_sensor.evaluate_tick(context).run_requests
     for name in ("drift_sensor", "live_performance_sensor"):
         sensor, cursor = definitions.get_sensor_def(name), None
         for _ in range(3):
