@@ -22,7 +22,7 @@ $(DAGSTER_HOME)/dagster.yaml: deploy/local/dagster.yaml
 	cp $< $@
 
 demo: setup
-	$(BIN)/python -m mlops_assets.demo
+	$(BIN)/python -m deploy.local.demo
 
 # `make test` leaves out the slow end-to-end scenarios; CI (.ci/run) runs them with `make test-slow`.
 test: setup

@@ -10,9 +10,11 @@ import time
 import dagster as dg
 
 from benchmarks.common import fresh_home, write_result
-from mlops_assets import modeling, quantization, runs, scorecard
-from mlops_assets.compression import StaticQuantizeConfig
-from mlops_assets.features import load_features
+from deploy.local import runs
+from mlops_assets.compression import quantization, scorecard
+from mlops_assets.compression.assets import StaticQuantizeConfig
+from mlops_assets.features.assets import load_features
+from mlops_assets.training import modeling
 from resources import local_resources
 from sensors.jobs import TRAINING_SELECTION
 
@@ -55,7 +57,7 @@ def int8_of_baseline(store, trained: dict, baseline: dict, month: str) -> dict[s
     _, prep = modeling.load_checkpoint(store.read_bytes(trained["checkpoint_key"]))
     network = onnx.load_from_string(store.read_bytes(baseline["network_key"]))
     static = StaticQuantizeConfig()
-    rows = load_features(store, trained["train_months"].split(",")).sample(static.calibration_rows, random_state=7)
+    rows = store.read_frame(trained["training_data_key"]).sample(static.calibration_rows, random_state=7)
     batches = [modeling.network_feeds(prep, rows.iloc[i : i + 256]) for i in range(0, len(rows), 256)]
     models = {
         "int8_dynamic_of_baseline": quantization.quantize_dynamic_int8(network),

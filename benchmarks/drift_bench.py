@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import fresh_home, write_result
-from mlops_assets import demo_traffic, runs
+from deploy.local import demo_traffic, runs
 from mlops_assets.definitions import defs
-from mlops_assets.features import load_features
+from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import NUMERIC_FEATURES
 from mlops_assets.monitoring import bands, detector, domain_classifier, stattests
 from mlops_assets.partitions import monthly_partitions

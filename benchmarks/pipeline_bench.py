@@ -10,8 +10,10 @@ import numpy as np
 import torch
 
 from benchmarks.common import fresh_home, write_result
-from mlops_assets import demo, modeling, onnx_metrics
-from mlops_assets.features import load_features
+from deploy.local import demo
+from mlops_assets import onnx_metrics
+from mlops_assets.features.assets import load_features
+from mlops_assets.training import modeling
 
 
 def _rows_per_second(fn, rows: int, seconds: float = 1.0) -> float:

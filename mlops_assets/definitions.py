@@ -1,28 +1,20 @@
-"""The one code location: assets and checks from mlops_assets, automation from sensors, resources."""
+"""The one code location: assets and checks from every stage package, automation from sensors, resources.
+
+Stages are found, not listed: every subpackage of mlops_assets (ingestion, features, training, ...)
+is walked, so a new stage folder joins the code location by existing.
+"""
 
 import dagster as dg
 
+import mlops_assets
 import resources
 import sensors
-from mlops_assets import (
-    compression,
-    datasets,
-    deployment,
-    evaluation,
-    features,
-    inference,
-    monitoring,
-    registry,
-    training,
-)
-
-PIPELINE_MODULES = [datasets, features, training, compression, evaluation, registry, deployment, inference, monitoring]
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     pipeline = dg.Definitions(
-        assets=dg.load_assets_from_modules(PIPELINE_MODULES),
-        asset_checks=dg.load_asset_checks_from_modules(PIPELINE_MODULES),
+        assets=dg.load_assets_from_package_module(mlops_assets),
+        asset_checks=dg.load_asset_checks_from_package_module(mlops_assets),
     )
     return dg.Definitions.merge(pipeline, sensors.defs(), resources.defs())

@@ -11,7 +11,7 @@ from sensors.guard import RETRAINING_TAG, TRAINING_JOB
 # batch_predictions on (scoring, live_performance) and the monitoring group (drift_report reads the
 # champion) is monthly work that follows a new champion; it is not part of making one.
 TRAINING_SELECTION = (
-    dg.AssetSelection.assets("trained_model").downstream()
+    dg.AssetSelection.assets("training_data").downstream()
     - dg.AssetSelection.assets("batch_predictions").downstream()
     - dg.AssetSelection.groups("monitoring")
 )

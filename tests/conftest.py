@@ -7,14 +7,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mlops_assets import runs
+from deploy.local import runs
+from mlops_assets.training.training_data import TrainingDataConfig
 from resources import local_resources
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests never write to a developer's tracking server
 
 # Small enough for 2 cores, large enough to learn something real.
-FAST_TRAIN = {"train_months": ["2013-01"], "validation_month": "2013-02", "epochs": 2, "hidden": [64, 32]}
+FAST_DATA = {"train_months": ["2013-01"], "validation_month": "2013-02"}
+FAST_TRAIN = {"epochs": 2, "hidden": [64, 32]}
 FAST_EVAL = {"evaluation_month": "2013-03", "latency_runs": 30}
 FAST_COMPRESSION = {
     "pruned_model": {"keep_fraction": 0.5, "steps": 2, "finetune_epochs": 1},
@@ -25,12 +27,20 @@ FAST_COMPRESSION = {
 
 
 def materialize(selection, resources, ops=None, instance=None, **kwargs) -> dg.ExecuteInProcessResult:
-    """mlops_assets.runs.materialize with the argument order the tests use."""
+    """deploy.local.runs.materialize with the argument order the tests use."""
     return runs.materialize(selection, resources=resources, instance=instance, ops=ops, **kwargs)
 
 
 def training_ops(**overrides) -> dict:
-    return {"trained_model": {**FAST_TRAIN, **overrides}, "evaluation_report": FAST_EVAL, **FAST_COMPRESSION}
+    """The small training run's op config; each override goes to the op whose config has that field."""
+    data = {k: v for k, v in overrides.items() if k in TrainingDataConfig.model_fields}
+    train = {k: v for k, v in overrides.items() if k not in data}
+    return {
+        "training_data": {**FAST_DATA, **data},
+        "trained_model": {**FAST_TRAIN, **train},
+        "evaluation_report": FAST_EVAL,
+        **FAST_COMPRESSION,
+    }
 
 
 @pytest.fixture(scope="session")

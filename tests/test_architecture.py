@@ -4,29 +4,31 @@
   and must run where no pipeline code is installed;
 - the plain logic beside each stage imports no dagster, directly or through another project module, so
   its rules read as rules and run anywhere;
-- sensors and resources never import the demo scripts.
+- sensors, resources and the assets never import the demo scripts, which live in deploy/local;
+- assets live in stage packages (mlops_assets/<stage>/), which definitions.py finds without a list.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mlops_assets", "sensors", "resources", "serving")
+PACKAGES = ("mlops_assets", "sensors", "resources", "serving", "deploy")
 PLAIN = [
-    "mlops_assets.checks",
+    "mlops_assets.features.expectations",
     "mlops_assets.features_spec",
     "mlops_assets.lineage",
     "mlops_assets.metadata",
-    "mlops_assets.modeling",
+    "mlops_assets.training.modeling",
     "mlops_assets.months",
     "mlops_assets.onnx_metrics",
-    "mlops_assets.quantization",
-    "mlops_assets.scorecard",
-    "mlops_assets.session_probe",
+    "mlops_assets.compression.quantization",
+    "mlops_assets.compression.scorecard",
+    "mlops_assets.compression.session_probe",
     "mlops_assets.monitoring.bands",
     "mlops_assets.monitoring.detector",
     "mlops_assets.monitoring.domain_classifier",
@@ -34,7 +36,7 @@ PLAIN = [
     "mlops_assets.monitoring.served",
     "mlops_assets.monitoring.stattests",
 ]
-DEMO = ("mlops_assets.demo", "mlops_assets.demo_monitoring", "mlops_assets.demo_traffic")
+DEMO = ("deploy.local.demo", "deploy.local.demo_monitoring", "deploy.local.demo_traffic", "deploy.local.runs")
 
 
 def _modules() -> dict[str, Path]:
@@ -69,8 +71,9 @@ def _closure(module: str) -> set[str]:
         for name in imports(current):
             if name not in seen:
                 seen.add(name)
-                if name in MODULES:
-                    todo.append(name)
+                # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
+                parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+                todo.extend(m for m in (name, *parents) if m in MODULES)
     return seen
 
 
@@ -93,6 +96,15 @@ def test_plain_logic_imports_no_dagster(module):
     assert "dagster" not in _top(reached), sorted(n for n in reached if n.split(".")[0] in PACKAGES)
 
 
-@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(("sensors", "resources"))))
-def test_automation_and_resources_never_import_the_demo(module):
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(("sensors", "resources", "mlops_assets"))))
+def test_automation_resources_and_assets_never_import_the_demo(module):
     assert not _closure(module) & set(DEMO), module
+
+
+def test_assets_live_in_stage_packages():
+    """Top-level modules of mlops_assets are shared rules (months, the feature contract); assets sit in a stage."""
+    top_level = [m for m in MODULES if m.count(".") == 1 and m.startswith("mlops_assets.")]
+    with_assets = [m for m in top_level if re.search(r"@dg\.(asset|multi_asset|asset_check)\b", MODULES[m].read_text())]
+    assert with_assets == [], with_assets
+    stages = {m.split(".")[1] for m in MODULES if m.count(".") >= 2 and m.startswith("mlops_assets.")}
+    assert {"ingestion", "features", "training", "compression", "evaluation", "registry", "deployment"} <= stages

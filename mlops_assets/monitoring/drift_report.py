@@ -12,7 +12,7 @@ import dagster as dg
 import pandas as pd
 
 from mlops_assets import months, onnx_metrics
-from mlops_assets.features import load_features
+from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import FEATURES, ROW_KEY
 from mlops_assets.metadata import readable
 from mlops_assets.monitoring import bands, detector, domain_classifier

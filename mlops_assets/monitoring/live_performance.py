@@ -6,12 +6,12 @@ version. The verdict is on served traffic when enough of it is labelled, else on
 predictions; live_performance_sensor (sensors/drift.py) acts on it.
 """
 
-from datetime import UTC, datetime
 
 import dagster as dg
 
 from mlops_assets import months
-from mlops_assets.inference import predictions_key
+from mlops_assets.as_of import AsOfConfig
+from mlops_assets.inference.assets import predictions_key
 from mlops_assets.metadata import readable
 from mlops_assets.monitoring.automation import on_new_data
 from mlops_assets.monitoring.outcomes import outcomes_key
@@ -21,7 +21,7 @@ from mlops_assets.partitions import monthly_partitions
 from resources import ArtifactStore, MlflowRegistry, ServedPredictions
 
 
-class LivePerformanceConfig(dg.Config):
+class LivePerformanceConfig(AsOfConfig):
     auc_margin: float = 0.05
     """ROC AUC (absolute) the month may lose against the scoring version's evaluation-time AUC."""
     brier_margin: float = 0.03
@@ -30,17 +30,6 @@ class LivePerformanceConfig(dg.Config):
     """Equal-width score bins for the calibration table and the expected calibration error."""
     min_labelled_rows: int = 500
     """Fewest predictions of one version with a known outcome needed to judge it."""
-    as_of: str | None = None
-    """Evaluation time (ISO-8601, UTC when no zone is given); labels that arrived later are not used. Default: now."""
-
-    def evaluation_time(self) -> datetime:
-        if self.as_of is None:
-            return datetime.now(UTC)
-        try:
-            moment = datetime.fromisoformat(self.as_of)
-        except ValueError as error:
-            raise dg.Failure(f"as_of {self.as_of!r} is not an ISO-8601 time") from error
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _table(figures: list[VersionPerformance]) -> dg.MetadataValue:

@@ -8,7 +8,7 @@ flight_id, is_late and arrived_at under outcomes/<month>.parquet.
 
 import dagster as dg
 
-from mlops_assets.features import load_features
+from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import ROW_KEY, TARGET
 from mlops_assets.metadata import readable
 from mlops_assets.monitoring.automation import on_new_data

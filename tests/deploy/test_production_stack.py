@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.production, pytest.mark.timeout(1200)]
 
 MONTHS = ["2013-01", "2013-02", "2013-03"]  # train, validation and evaluation months of the test configs
 # The core assets checked below; the run materializes the whole training job (compression candidates too).
-CHAIN = ["trained_model", "onnx_model", "evaluation_report", "registered_model", "champion_model"]
+CHAIN = ["training_data", "trained_model", "onnx_model", "evaluation_report", "registered_model", "champion_model"]
 PREFIX = "mlops"
 
 
@@ -240,7 +240,7 @@ def test_a_serving_replica_follows_the_champion_through_the_tracking_server(stac
 
 def test_served_traffic_reaches_drift_report_and_live_performance_through_s3(stack, tmp_path):
     """A serving replica ships its prediction log to the bucket; run pods read it there, not from its disk."""
-    from mlops_assets import demo_traffic
+    from deploy.local import demo_traffic
 
     month = MONTHS[2]  # held out from the champion's training month
     frame = demo_traffic.sample_month(stack["store"], month, 1_000)

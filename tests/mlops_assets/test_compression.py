@@ -10,11 +10,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from mlops_assets import modeling, scorecard
-from mlops_assets.compression import ScorecardConfig
-from mlops_assets.features import load_features
+from mlops_assets.compression import scorecard
+from mlops_assets.compression.assets import ScorecardConfig
+from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from mlops_assets.months import held_out
+from mlops_assets.training import modeling
 from resources import local_resources
 from resources.mlflow_registry import CHALLENGER
 from sensors.jobs import TRAINING_SELECTION

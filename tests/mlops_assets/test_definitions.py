@@ -9,6 +9,7 @@ from mlops_assets.definitions import defs
 PIPELINE = {
     "raw_flights": "ingestion",
     "validated_features": "features",
+    "training_data": "training",
     "trained_model": "training",
     "onnx_model": "training",
     "evaluation_report": "evaluation",

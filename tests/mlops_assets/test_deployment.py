@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mlops_assets.deployment import RETRIABLE, _refused, _status
+from mlops_assets.deployment.assets import RETRIABLE, _refused, _status
 from resources import ServingEndpoint, local_resources
 from sensors.jobs import TRAINING_SELECTION
 from serving import demo_models

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_assets.features import load_features
+from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
 from mlops_assets.monitoring import bands, detector, domain_classifier, stattests
 from resources import local_resources

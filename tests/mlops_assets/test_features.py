@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_assets.features import features_key, load_features, quarantine_key
+from mlops_assets.features.assets import features_key, load_features, quarantine_key
 from mlops_assets.features_spec import (
     CATEGORICAL_FEATURES,
     CATEGORIES,

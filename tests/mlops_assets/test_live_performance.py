@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from mlops_assets import onnx_metrics
-from mlops_assets.features import features_key, load_features
+from mlops_assets.features.assets import features_key, load_features
 from mlops_assets.features_spec import ROW_KEY, TARGET
 from mlops_assets.monitoring.performance import label_arrivals
 from resources import LocalArtifactStore, ServedPredictions

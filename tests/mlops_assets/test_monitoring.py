@@ -5,10 +5,10 @@ import dagster as dg
 import pytest
 
 from mlops_assets import months
-from mlops_assets.features import features_key, load_features
+from mlops_assets.features.assets import features_key, load_features
 from mlops_assets.features_spec import FEATURES, NUMERIC_FEATURES, ROW_KEY, TARGET
-from mlops_assets.monitoring import DriftConfig, detector, drift_html_key, stattests
-from mlops_assets.monitoring.drift_report import SERVED_CHECK
+from mlops_assets.monitoring import detector, stattests
+from mlops_assets.monitoring.drift_report import SERVED_CHECK, DriftConfig, drift_html_key
 from mlops_assets.monitoring.served import served_rows
 from resources import LocalArtifactStore, ServedPredictions, local_resources
 from sensors.drift import drift_sensor, live_performance_sensor
@@ -239,4 +239,4 @@ def test_flipped_outcomes_degrade_live_performance_and_trigger_retraining(monito
     (request,) = tick_live(instance).run_requests
     assert request.tags["mlops/trigger"] == "live_performance_sensor"
     assert request.tags["mlops/partitions"] == "2013-07" and "AUC" in request.tags["mlops/reason"]
-    assert request.run_config["ops"]["trained_model"]["config"]["train_months"] == ["2013-05", "2013-06", "2013-07"]
+    assert request.run_config["ops"]["training_data"]["config"]["train_months"] == ["2013-05", "2013-06", "2013-07"]

@@ -1,7 +1,7 @@
 import dagster as dg
 import pytest
 
-from mlops_assets.registry import PromotionConfig, decide
+from mlops_assets.registry.assets import PromotionConfig, decide
 from resources.mlflow_registry import CHALLENGER, CHAMPION
 from sensors.jobs import TRAINING_SELECTION
 from tests.conftest import materialize
@@ -114,7 +114,7 @@ def test_the_champion_is_an_mlflow_citizen_a_dataframe_in_probabilities_out(firs
     import numpy as np
 
     from mlops_assets import onnx_metrics
-    from mlops_assets.features import load_features
+    from mlops_assets.features.assets import load_features
     from mlops_assets.features_spec import FEATURES
 
     registry = resources["registry"]

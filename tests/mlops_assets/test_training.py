@@ -3,16 +3,17 @@ import onnxruntime as ort
 import pytest
 from mlflow import MlflowClient
 
-from mlops_assets import modeling
-from mlops_assets.features import load_features
+from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
-from mlops_assets.training import PARITY_TOLERANCE
-from tests.conftest import FAST_TRAIN, materialize
+from mlops_assets.training import modeling
+from mlops_assets.training.assets import PARITY_TOLERANCE
+from tests.conftest import FAST_DATA, FAST_TRAIN, materialize
 
 
 @pytest.fixture
 def trained(resources):
-    result = materialize(["trained_model", "onnx_model"], resources, ops={"trained_model": FAST_TRAIN})
+    ops = {"training_data": FAST_DATA, "trained_model": FAST_TRAIN}
+    result = materialize(["training_data", "trained_model", "onnx_model"], resources, ops=ops)
     assert result.success
     return result
 
@@ -21,7 +22,7 @@ def test_trained_model_is_tracked_with_lineage(trained, resources):
     info = trained.output_for_node("trained_model")
     run = MlflowClient(resources["registry"].tracking_uri).get_run(info["run_id"])
     assert run.data.params["epochs"] == str(FAST_TRAIN["epochs"])
-    assert run.data.params["train_months"] == str(FAST_TRAIN["train_months"])
+    assert run.data.params["train_months"] == str(FAST_DATA["train_months"])
     assert int(run.data.params["train_rows"]) > 20_000
     history = MlflowClient(resources["registry"].tracking_uri).get_metric_history(info["run_id"], "val_auc")
     assert [m.step for m in history] == [1, 2]

@@ -18,7 +18,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mlops_assets.features import features_key
+from mlops_assets.features.assets import features_key
 from mlops_assets.features_spec import FEATURES, ROW_KEY
 from resources import local_resources
 from sensors.jobs import TRAINING_SELECTION

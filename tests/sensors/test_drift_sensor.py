@@ -19,8 +19,8 @@ def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor: str 
 def months_of(request: dg.RunRequest) -> dict:
     ops = request.run_config["ops"]
     return {
-        "train": ops["trained_model"]["config"]["train_months"],
-        "validation": ops["trained_model"]["config"]["validation_month"],
+        "train": ops["training_data"]["config"]["train_months"],
+        "validation": ops["training_data"]["config"]["validation_month"],
         "evaluation": ops["evaluation_report"]["config"]["evaluation_month"],
     }
 

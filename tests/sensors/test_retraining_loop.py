@@ -5,10 +5,10 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
+from deploy.local.demo_monitoring import run_monitoring_loop
 from mlops_assets import onnx_metrics
 from mlops_assets.definitions import defs
-from mlops_assets.demo_monitoring import run_monitoring_loop
-from mlops_assets.features import features_key
+from mlops_assets.features.assets import features_key
 from resources.mlflow_registry import CHAMPION
 from sensors.served import served_traffic_sensor
 from tests.conftest import materialize, training_ops

@@ -1,6 +1,6 @@
 """The monitoring half of `make demo`: drift reports, the drift sensor on the real instance, the retraining it asks for.
 
-Called by mlops_assets/demo.py after it has trained on 2013-01..03 and backfilled predictions. Each
+Called by deploy/local/demo.py after it has trained on 2013-01..03 and backfilled predictions. Each
 step is what the daemon and a person in the UI would do, done in process so the demo needs no daemon:
 materialize drift_report month by month (monitoring_job), evaluate drift_sensor on this instance,
 execute the run it requests as `training_job`, then measure the newest month again against whichever
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from deploy.local.runs import QUIET
 from mlops_assets.partitions import monthly_partitions
-from mlops_assets.runs import QUIET
 from resources.mlflow_registry import CHAMPION
 from sensors.drift import RetrainingCursor, drift_sensor
 from sensors.jobs import monitoring_job, training_job

@@ -7,7 +7,7 @@ A partition that fails any check is moved to quarantine/ instead of features/, s
 import dagster as dg
 import pandas as pd
 
-from mlops_assets import checks
+from mlops_assets.features import expectations
 from mlops_assets.features_spec import FEATURES, LATE_THRESHOLD_MINUTES, ROW_KEY, TARGET
 from mlops_assets.metadata import readable
 from mlops_assets.partitions import monthly_partitions
@@ -72,7 +72,7 @@ def load_features(store: ArtifactStore, partitions: list[str]) -> pd.DataFrame:
     return pd.concat([store.read_frame(features_key(p)) for p in partitions], ignore_index=True)
 
 
-def _check_result(check: str, result: checks.ContractResult, month: str) -> dg.AssetCheckResult:
+def _check_result(check: str, result: expectations.ContractResult, month: str) -> dg.AssetCheckResult:
     failures = result.failures_for(check)
     table = "\n".join(f"| {f.expectation} | {f.column} | {f.observed} |" for f in failures)
     metadata = {"month": month, "expectations_run": result.evaluated[check], "failed": len(failures)}
@@ -98,7 +98,7 @@ def _check_result(check: str, result: checks.ContractResult, month: str) -> dg.A
         dg.AssetCheckSpec(
             name, asset="validated_features", blocking=True, description=description, partitions_def=monthly_partitions
         )
-        for name, description in checks.CHECK_DESCRIPTIONS.items()
+        for name, description in expectations.CHECK_DESCRIPTIONS.items()
     ],
 )
 def validated_features(
@@ -112,10 +112,10 @@ def validated_features(
     """
     partition = context.partition_key
     features = build_features(raw_flights)
-    result = checks.validate(
+    result = expectations.validate(
         features, max_null_fraction=config.max_null_fraction, min_rows=config.min_rows, range_mostly=config.range_mostly
     )
-    check_results = [_check_result(check, result, partition) for check in checks.CHECK_DESCRIPTIONS]
+    check_results = [_check_result(check, result, partition) for check in expectations.CHECK_DESCRIPTIONS]
     if result.failures:
         store.delete(features_key(partition))
         path = store.write_frame(quarantine_key(partition), features)

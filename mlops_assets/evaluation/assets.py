@@ -3,7 +3,7 @@
 import dagster as dg
 
 from mlops_assets import months, onnx_metrics
-from mlops_assets.features import load_features
+from mlops_assets.features.assets import load_features
 from mlops_assets.metadata import readable
 from resources import ArtifactStore, MlflowRegistry
 from resources.mlflow_registry import CHAMPION

@@ -4,21 +4,21 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mlops_assets import modeling, months, onnx_metrics
-from mlops_assets.features import load_features
+from mlops_assets import onnx_metrics
+from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import FEATURES
-from mlops_assets.lineage import data_hash, git_commit
+from mlops_assets.lineage import git_commit
 from mlops_assets.metadata import readable
+from mlops_assets.training import modeling
+from mlops_assets.training.training_data import TrainingData
 from resources import ArtifactStore, MlflowRegistry
 
 PARITY_TOLERANCE = 1e-5
 
 
 class TrainConfig(dg.Config):
-    train_months: list[str] = list(months.FIRST_WINDOW.train_months)
-    """Partitions ('YYYY-MM') the network learns from."""
-    validation_month: str = months.FIRST_WINDOW.validation_month
-    """Partition used to pick the best epoch."""
+    """How the network learns; which rows it learns from is training_data's config."""
+
     epochs: int = 4
     """Passes over the training months; the weights of the best validation epoch are kept."""
     batch_size: int = 512
@@ -28,13 +28,17 @@ class TrainConfig(dg.Config):
     seed: int = 7
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "mlflow"}, deps=["validated_features"])
+@dg.asset(group_name="training", kinds={"pytorch", "mlflow"})
 def trained_model(
-    context: dg.AssetExecutionContext, config: TrainConfig, store: ArtifactStore, registry: MlflowRegistry
+    context: dg.AssetExecutionContext,
+    config: TrainConfig,
+    training_data: TrainingData,
+    store: ArtifactStore,
+    registry: MlflowRegistry,
 ) -> dg.Output[dict]:
-    """The flight-delay network trained on a window of validated months, tracked as an MLflow run."""
-    train_frame = load_features(store, config.train_months)
-    validation_frame = load_features(store, [config.validation_month])
+    """The flight-delay network trained on the audited training rows, tracked as an MLflow run."""
+    train_frame = store.read_frame(training_data.key)
+    validation_frame = load_features(store, [training_data.validation_month])
     net = modeling.NetConfig(hidden=tuple(config.hidden))
     result = modeling.train(
         train_frame,
@@ -47,15 +51,23 @@ def trained_model(
     )
     lineage = {
         "git_commit": git_commit(),
-        "data_hash": data_hash(train_frame),
+        "data_hash": training_data.data_hash,
         "dagster_run_id": context.run_id,
-        "train_months": ",".join(config.train_months),
-        "validation_month": config.validation_month,
+        "train_months": ",".join(training_data.train_months),
+        "validation_month": training_data.validation_month,
     }
     with registry.active_run(run_name=f"train {lineage['train_months']}") as run:
         import mlflow
 
-        mlflow.log_params({**config.model_dump(), "train_rows": len(train_frame)})
+        mlflow.log_params(
+            {
+                **config.model_dump(),
+                "train_months": list(training_data.train_months),
+                "validation_month": training_data.validation_month,
+                "train_rows": len(train_frame),
+                "served_share": round(training_data.served_share, 4),
+            }
+        )
         mlflow.set_tags(lineage)
         for row in result.history:
             mlflow.log_metrics({"train_loss": row["train_loss"], "val_auc": row["val_auc"]}, step=int(row["epoch"]))
@@ -66,6 +78,7 @@ def trained_model(
     info = {
         "run_id": run_id,
         "checkpoint_key": checkpoint_key,
+        "training_data_key": training_data.key,
         "val_auc": best["val_auc"],
         "hidden": list(config.hidden),
         "parameters": modeling.parameter_count(result.model),

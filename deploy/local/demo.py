@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from mlops_assets import runs
-from mlops_assets.demo_monitoring import run_monitoring_loop
-from mlops_assets.demo_traffic import REPLAY_MONTH, REPLAY_ROWS, replay_month
+from deploy.local import runs
+from deploy.local.demo_monitoring import run_monitoring_loop
+from deploy.local.demo_traffic import REPLAY_MONTH, REPLAY_ROWS, replay_month
 from mlops_assets.partitions import monthly_partitions
 from resources import local_resources
 from resources.mlflow_registry import CHAMPION

@@ -1,6 +1,6 @@
 """Compressed candidates of the trained model, and the scorecard that picks which one becomes the challenger.
 
-onnx_model (training.py) is the float32 baseline. pruned_model and student_model are smaller float32
+onnx_model (the training stage) is the float32 baseline. pruned_model and student_model are smaller float32
 networks derived from trained_model; best_float_model picks the float candidate the int8 quantizers
 start from; int8_dynamic_model and int8_static_model quantize it. model_scorecard measures all five on
 the same held-out month and names the winner, which registered_model registers.
@@ -17,11 +17,13 @@ import dagster as dg
 import numpy as np
 import torch
 
-from mlops_assets import modeling, months, onnx_metrics, quantization, scorecard
-from mlops_assets.features import load_features
+from mlops_assets import months, onnx_metrics
+from mlops_assets.compression import quantization, scorecard
+from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import TARGET
 from mlops_assets.metadata import readable
-from mlops_assets.training import PARITY_TOLERANCE, log_onnx, torch_parity
+from mlops_assets.training import modeling
+from mlops_assets.training.assets import PARITY_TOLERANCE, log_onnx, torch_parity
 from resources import ArtifactStore, MlflowRegistry
 
 PARITY_ROWS = 2000  # validation rows every parity check compares on
@@ -254,7 +256,7 @@ def _float_parity_spec(asset: str) -> dg.AssetCheckSpec:
 
 def _training_frames(store: ArtifactStore, trained_model: dict):
     return (
-        load_features(store, trained_model["train_months"].split(",")),
+        store.read_frame(trained_model["training_data_key"]),
         load_features(store, [trained_model["validation_month"]]),
     )
 
@@ -563,7 +565,7 @@ def int8_static_model(
 
     network = onnx.load_from_string(store.read_bytes(best_float_model["network_key"]))
     _, prep = modeling.load_checkpoint(store.read_bytes(best_float_model["checkpoint_key"]))
-    train_frame = load_features(store, trained_model["train_months"].split(","))
+    train_frame = store.read_frame(trained_model["training_data_key"])
     rows = train_frame.sample(n=min(config.calibration_rows, len(train_frame)), random_state=config.seed)
     batches = [
         modeling.network_feeds(prep, rows.iloc[start : start + config.calibration_batch])

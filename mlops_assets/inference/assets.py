@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from mlops_assets import onnx_metrics
-from mlops_assets.features import load_features
+from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import ROW_KEY
 from mlops_assets.metadata import readable
 from mlops_assets.partitions import monthly_partitions

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlops_assets.deployment import infer_inputs
-from mlops_assets.features import load_features
+from mlops_assets.deployment.assets import infer_inputs
+from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import ROW_KEY
-from mlops_assets.modeling import onnx_feeds
+from mlops_assets.training.modeling import onnx_feeds
 
 REPLAY_MONTH = "2013-12"
 REPLAY_ROWS = 3_000

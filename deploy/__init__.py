@@ -1,0 +1,1 @@
+"""Deployment configurations; deploy.local also holds the laptop demo that runs them."""
