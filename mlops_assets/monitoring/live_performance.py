@@ -6,7 +6,6 @@ version. The verdict is on served traffic when enough of it is labelled, else on
 predictions; live_performance_sensor (sensors/drift.py) acts on it.
 """
 
-
 import dagster as dg
 
 from mlops_assets import months
