@@ -24,6 +24,7 @@ PLAIN = [
     "mlops_assets.lineage",
     "mlops_assets.metadata",
     "mlops_assets.training.modeling",
+    "mlops_assets.training.feedback",
     "mlops_assets.months",
     "mlops_assets.onnx_metrics",
     "mlops_assets.compression.quantization",

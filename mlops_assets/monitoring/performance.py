@@ -35,13 +35,19 @@ def label_arrivals(features: pd.DataFrame, delay_hours: float) -> pd.DataFrame:
     return frame.dropna(subset=[TARGET, "arrived_at"]).reset_index(drop=True)
 
 
+def arrived_labels(outcomes: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
+    """Row key and label of each outcome that had arrived by `as_of`, one per key: a re-delivered outcome
+    must not count a prediction twice."""
+    arrived = outcomes[outcomes["arrived_at"] <= pd.Timestamp(as_of)]
+    return arrived.drop_duplicates(subset=ROW_KEY, keep="last")[[ROW_KEY, TARGET]]
+
+
 def join_outcomes(predictions: pd.DataFrame, outcomes: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
     """`predictions` (row key, model_version, score) with the label of each row that had arrived by `as_of`
     (NaN for the rest: not yet labelled)."""
-    arrived = outcomes[outcomes["arrived_at"] <= pd.Timestamp(as_of)]
-    # One label per key: a re-delivered outcome must not count a prediction twice.
-    arrived = arrived.drop_duplicates(subset=ROW_KEY, keep="last")[[ROW_KEY, TARGET]]
-    joined = predictions[[ROW_KEY, "model_version", "score"]].merge(arrived, on=ROW_KEY, how="left")
+    joined = predictions[[ROW_KEY, "model_version", "score"]].merge(
+        arrived_labels(outcomes, as_of), on=ROW_KEY, how="left"
+    )
     return joined.dropna(subset=["score"])
 
 

@@ -18,6 +18,7 @@ from datetime import datetime
 import pandas as pd
 
 from mlops_assets.features_spec import FEATURES, ROW_KEY, TARGET
+from mlops_assets.monitoring.performance import arrived_labels
 
 TRAINING_COLUMNS = [ROW_KEY, *FEATURES, TARGET]
 
@@ -49,10 +50,7 @@ def month_rows(
     if served is None or served.empty:
         return batch[TRAINING_COLUMNS], MonthRows(month, len(batch), 0, 0)
     served = served.dropna(subset=[ROW_KEY]).drop_duplicates(subset=ROW_KEY, keep="last")
-    labels = pd.DataFrame(columns=[ROW_KEY, TARGET])
-    if outcomes is not None:
-        arrived = outcomes[outcomes["arrived_at"] <= pd.Timestamp(as_of)]
-        labels = arrived.drop_duplicates(subset=ROW_KEY, keep="last")[[ROW_KEY, TARGET]]
+    labels = pd.DataFrame(columns=[ROW_KEY, TARGET]) if outcomes is None else arrived_labels(outcomes, as_of)
     labelled = served[[ROW_KEY, *FEATURES]].merge(labels, on=ROW_KEY, how="inner")
     unserved = batch[~batch[ROW_KEY].isin(served[ROW_KEY])]
     frame = pd.concat([unserved[TRAINING_COLUMNS], labelled[TRAINING_COLUMNS]], ignore_index=True)

@@ -6,7 +6,7 @@ flights the server answered (feedback.py holds the rule). Two blocking checks re
 evaluation and scorecard judge on never reaches training).
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import dagster as dg
 import pandas as pd
@@ -145,7 +145,7 @@ def training_data(
             }
         ),
     )
-    yield _check(FLOORS_CHECK, feedback.floor_failures(sources, floors), {**figures, **floors.__dict__})
+    yield _check(FLOORS_CHECK, feedback.floor_failures(sources, floors), {**figures, **asdict(floors)})
     yield _check(
         HOLDOUT_CHECK,
         feedback.holdout_failures(frame, config.train_months, config.validation_month, holdout),
