@@ -69,10 +69,33 @@ def _live_performance(definitions: dg.Definitions, instance: dg.DagsterInstance,
         f"(labels {live['labelled_rows'].value} of {live['predictions'].value}, as of {live['as_of'].value[:19]}): "
         f"{'DEGRADED' if live['degraded'].value else 'ok'} - {live['reason'].value}"
     ]
-    table = live["versions"].value.splitlines()[2:]
-    lines += [f"  {' '.join(row.strip('| ').split(' | ')[:2])}: AUC {row.split(' | ')[5]}, "
-              f"{row.split(' | ')[3]} labelled" for row in table]  # fmt: skip
+    for figures in live["version_figures"].value:
+        auc = "-" if figures["auc"] is None else f"{figures['auc']:.4f}"
+        lines.append(
+            f"  {figures['source']} v{figures['version']}: AUC {auc}, "
+            f"{figures['labelled']} of {figures['predictions']} labelled"
+        )
     return lines
+
+
+def _training_data(result: dg.ExecuteInProcessResult) -> list[str]:
+    """What the retraining learned from, and the audit its blocking checks passed or refused."""
+    materializations = result.asset_materializations_for_node("training_data")
+    if not materializations:
+        return ["  training_data: not materialized (see the run in the Dagster UI)"]
+    data = materializations[0].metadata
+    coverage = data["label_coverage"].value
+    checks = ", ".join(
+        f"{e.check_name} {'passed' if e.passed else 'FAILED: ' + (e.description or '')}"
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key == dg.AssetKey("training_data")
+    )
+    return [
+        f"  training_data: {data['rows'].value} rows of {data['train_months'].value}, "
+        f"{data['served_share'].value:.1%} from served traffic, label coverage "
+        f"{coverage if isinstance(coverage, str) else f'{coverage:.1%}'}, held out {data['holdout_month'].value}",
+        f"  audit: {checks}",
+    ]
 
 
 def _latest_storage_id(instance: dg.DagsterInstance) -> int:
@@ -139,6 +162,7 @@ def run_monitoring_loop(
     if gate is None:
         lines.append("  no promotion decision: the run failed before the gate (see the run in the Dagster UI)")
         return lines
+    lines += _training_data(result)
     registered = result.output_for_node("registered_model")
     now = registry.version_by_alias(CHAMPION)
     decision, reason = gate.metadata["decision"].value, gate.metadata["reason"].value

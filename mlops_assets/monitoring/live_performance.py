@@ -47,6 +47,18 @@ def _table(figures: list[VersionPerformance]) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
+def _figures(f: VersionPerformance) -> dict:
+    return {
+        "source": f.source,
+        "version": f.version,
+        "predictions": f.predictions,
+        "labelled": f.labelled,
+        "auc": f.auc,
+        "brier": f.brier,
+        "calibration_error": f.calibration_error,
+    }
+
+
 @dg.asset(
     partitions_def=monthly_partitions,
     group_name="monitoring",
@@ -128,6 +140,8 @@ def live_performance(
                 "served_rows": len(traffic),
                 "as_of": as_of.isoformat(),
                 "versions": _table(served_figures + batch_figures),
+                # The same figures as data, for the demo and any reader that must not parse the table.
+                "version_figures": dg.MetadataValue.json([_figures(f) for f in served_figures + batch_figures]),
                 "calibration": dg.MetadataValue.md(
                     "| score bin | rows | mean score | observed late rate |\n|---|---|---|---|\n"
                     + "\n".join(

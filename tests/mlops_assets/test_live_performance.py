@@ -57,6 +57,10 @@ def test_served_predictions_joined_with_outcomes_give_the_auc_of_the_same_rows(s
     assert live["auc"] == pytest.approx(roc_auc_score(frame[TARGET], scores), abs=1e-4)
     assert live["unlabelled_share"] == 0 and "| served |" in live["versions"]
     assert live["degraded"] is False
+    # The per-version figures as data: the served row is the judged one, with the same AUC.
+    served = [f for f in live["version_figures"] if f["source"] == "served"]
+    assert [f["version"] for f in served] == [served_march["version"]]
+    assert served[0]["labelled"] == len(frame) and served[0]["auc"] == pytest.approx(live["auc"], abs=1e-4)
 
 
 def test_no_label_is_used_before_it_arrived(served_march, instance):
