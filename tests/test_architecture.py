@@ -27,6 +27,8 @@ PLAIN = [
     "mlops_assets.training.feedback",
     "mlops_assets.months",
     "mlops_assets.onnx_metrics",
+    "mlops_assets.rollout.gates",
+    "mlops_assets.rollout.plan",
     "mlops_assets.compression.quantization",
     "mlops_assets.compression.scorecard",
     "mlops_assets.compression.session_probe",

@@ -1,0 +1,1 @@
+"""Progressive delivery: the ladder a challenger climbs on live evidence, and the gates at each step."""
