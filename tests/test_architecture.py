@@ -29,6 +29,7 @@ PLAIN = [
     "mlops_assets.onnx_metrics",
     "mlops_assets.rollout.gates",
     "mlops_assets.rollout.plan",
+    "mlops_assets.rollout.readings",
     "mlops_assets.compression.quantization",
     "mlops_assets.compression.scorecard",
     "mlops_assets.compression.session_probe",
