@@ -61,21 +61,17 @@ def parse_exposition(text: str, model: str) -> dict[str, VersionReading]:
                 failures[version] = failures.get(version, 0) + sample.value
             elif sample.name == f"{LATENCY}_bucket":
                 buckets.setdefault(version, {})[float(labels["le"])] = sample.value
-    return {version: _reading(version, successes, failures, buckets.get(version, {})) for version in successes}
+    return {v: reading(v, successes[v], failures.get(v, 0), buckets.get(v, {})) for v in successes}
 
 
-def _reading(version: str, successes: dict, failures: dict, cumulative: dict[float, float]) -> VersionReading:
+def reading(version: str, successes: float, failures: float, cumulative: dict[float, float]) -> VersionReading:
+    """A version's reading from its counters and its latency buckets as exposed (cumulative, by `le`)."""
     edges = sorted(cumulative)
-    counts, previous = [], 0.0
-    for edge in edges:
-        counts.append(int(cumulative[edge] - previous))
-        previous = cumulative[edge]
+    counts = [int(cumulative[e] - (cumulative[edges[i - 1]] if i else 0)) for i, e in enumerate(edges)]
     bounds = tuple(e for e in edges if e != float("inf"))
     if len(counts) == len(bounds):  # no +Inf bucket exposed
         counts.append(0)
-    return VersionReading(
-        version, int(successes[version]), int(failures.get(version, 0)), Histogram(bounds, tuple(counts))
-    )
+    return VersionReading(version, int(successes), int(failures), Histogram(bounds, tuple(counts)))
 
 
 def combine(pages: list[dict[str, VersionReading]]) -> dict[str, VersionReading]:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
 from mlops_assets.rollout.readings import combine, parse_exposition
+from resources.live_metrics import LiveMetrics
 from serving import demo_models
 
 MODEL = "flight_delay"
@@ -92,3 +96,59 @@ def test_a_window_counts_exactly_the_requests_sent_inside_it(server):
     # Two replicas' readings add up per version.
     assert combine([{"7": after}, {"7": after}])["7"].successes == 2 * after.successes
     assert parse_exposition(_page(url), "another_model") == {}
+
+
+@pytest.fixture
+def prometheus(tmp_path, server):
+    binary = Path("/usr/bin/prometheus")
+    if not binary.exists():
+        if os.environ.get("MLOPS_REQUIRE_PROMETHEUS"):
+            pytest.fail("MLOPS_REQUIRE_PROMETHEUS is set but /usr/bin/prometheus is missing (Debian's prometheus)")
+        pytest.skip("Debian's prometheus is not installed (.ci/run installs it)")
+    target = urllib.parse.urlparse(server[1]).netloc
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        f"scrape_configs: [{{job_name: serving, static_configs: [{{targets: ['{target}']}}]}}]\n"
+    )
+    port = _port()
+    log = open(tmp_path / "prometheus.log", "w")  # noqa: SIM115 - closed after the process
+    process = subprocess.Popen(
+        [str(binary), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"]
+        + [f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(30)
+    log.close()
+
+
+def test_prometheus_gives_the_same_reading_as_the_scrape(server, prometheus):
+    client, url = server
+    rows = demo_models.flight_rows(4)
+    for _ in range(20):
+        client.infer(MODEL, _inputs(rows))
+    with pytest.raises(grpcclient.InferenceServerException):
+        client.infer(MODEL, _inputs({**rows, "hour": np.zeros((4, 2), dtype=np.float32)}))
+    scraped = LiveMetrics(scrape_urls=[url]).readings(MODEL)["7"]
+    queried = LiveMetrics(prometheus_url=prometheus)
+    deadline = time.monotonic() + 60
+    reading = None
+    while time.monotonic() < deadline:
+        try:
+            reading = queried.readings(MODEL).get("7")
+        except dg.Failure:  # Prometheus is still starting
+            reading = None
+        if reading == scraped:
+            break
+        time.sleep(0.5)
+    assert reading == scraped, f"PromQL {reading} != scrape {scraped}"
+    assert (scraped.successes, scraped.failures) == (20, 1)
+
+
+def test_an_unreachable_replica_is_a_failure_naming_it():
+    url = f"http://127.0.0.1:{_port()}/metrics"
+    with pytest.raises(dg.Failure, match=f"{url} did not answer"):
+        LiveMetrics(scrape_urls=[url]).readings(MODEL)
