@@ -14,6 +14,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from serving.traffic_split import TAG as TRAFFIC_SPLIT_TAG
+from serving.traffic_split import TrafficSplit
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
@@ -79,6 +82,14 @@ class MlflowRegistry(dg.ConfigurableResource):
         client = self.client()
         for key, value in tags.items():
             client.set_model_version_tag(self.model_name, str(version), key, str(value))
+
+    def traffic_split(self) -> TrafficSplit:
+        """The split every serving replica follows (a tag on the registered model); none when unset."""
+        model = self.client().get_registered_model(self.model_name)
+        return TrafficSplit.load(model.tags.get(TRAFFIC_SPLIT_TAG))
+
+    def set_traffic_split(self, split: TrafficSplit) -> None:
+        self.client().set_registered_model_tag(self.model_name, TRAFFIC_SPLIT_TAG, split.dump())
 
     def version_by_alias(self, alias: str):
         """The ModelVersion holding `alias`, or None when no version holds it yet."""

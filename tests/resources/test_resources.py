@@ -54,3 +54,21 @@ def test_flights_uri_comes_from_the_environment(monkeypatch, tmp_path, uri):
     else:
         monkeypatch.delenv("MLOPS_FLIGHTS_URI", raising=False)
     assert local_resources(tmp_path)["source"].uri == uri
+
+
+def test_the_traffic_split_lives_on_the_registered_model(tmp_path):
+    from mlflow import MlflowClient
+
+    from resources.mlflow_registry import MlflowRegistry
+    from serving.traffic_split import Mode, TrafficSplit
+
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", model_name="m")
+    registry.client().create_registered_model("m")
+    assert registry.traffic_split() == TrafficSplit()
+    split = TrafficSplit(Mode.CANARY, "3", 20.0)
+    registry.set_traffic_split(split)
+    # A second client (another replica) reads the same state from the store.
+    other = MlflowRegistry(tracking_uri=registry.tracking_uri, model_name="m")
+    assert other.traffic_split() == split
+    tags = MlflowClient(tracking_uri=registry.tracking_uri).get_registered_model("m").tags
+    assert '"percent": 20.0' in tags["mlops.traffic_split"]
