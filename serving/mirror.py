@@ -163,7 +163,7 @@ class VerificationError(Exception):
 
 def verify(folder: Path) -> Path:
     """The folder's ONNX file, once onnxruntime loads it and its signature is one we can serve."""
-    from serving.repository import create_session
+    from serving.sessions import create_session, serving_options
     from serving.signature import signature_from_session
 
     try:
@@ -171,7 +171,7 @@ def verify(folder: Path) -> Path:
     except FileNotFoundError as exc:
         raise VerificationError("load_error", f"the version has no ONNX file: {exc}") from exc
     try:
-        session = create_session(str(onnx))
+        session = create_session(onnx, serving_options(onnx, intra_op_threads=1))
     except Exception as exc:
         raise VerificationError("load_error", f"cannot load the ONNX file: {exc}") from exc
     try:

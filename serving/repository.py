@@ -23,6 +23,7 @@ import numpy as np
 from serving.batching import BatchResult, DynamicBatcher, QueueBudget, run_direct
 from serving.errors import ModelLoadError, ModelNotFound, ModelNotReady, quoted
 from serving.metrics import ServerStats
+from serving.sessions import create_session, serving_options
 from serving.signature import ModelSignature, signature_from_session
 
 log = logging.getLogger("serving.repository")
@@ -59,18 +60,6 @@ class VersionRecord:
     source: str = ""
     aliases: tuple[str, ...] = ()
     updated: float = field(default_factory=time.time)
-
-
-def create_session(path: str, intra_op_threads: int = 1):
-    """An ONNX Runtime CPU session with explicit providers and options (as mlflow's onnx flavor)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def example_inputs(signature: ModelSignature, rows: int) -> dict[str, np.ndarray]:
@@ -240,7 +229,7 @@ class ModelRepository:
         self._record(name, version, LOADING, source=source)
         log.info("loading model version", extra={"model": name, "version": version, "source": source})
         try:
-            session = create_session(path, self.config.intra_op_threads)
+            session = create_session(path, serving_options(path, self.config.intra_op_threads))
         except Exception as exc:
             raise self._refuse(name, version, source, "load_error", f"cannot load the ONNX file: {exc}") from exc
         try:

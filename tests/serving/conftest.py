@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from serving import demo_models as dm
-from serving.server import ServeConfig
+from serving.settings import ServeSettings
 from tests.serving.support import MODEL, RunningServer, ServerProcess, free_port
 
 
@@ -48,7 +48,7 @@ def serve(tmp_path):
             grace_period=10.0,
         )
         values.update(overrides)
-        server = RunningServer(ServeConfig(**values))
+        server = RunningServer(ServeSettings(**values))
         servers.append(server)
         if wait_ready:
             server.wait_ready()

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.server import ServeConfig, Worker, start_worker_http
+from serving.sessions import create_session, serving_options
+from serving.settings import ServeSettings
+from serving.side_port import start_worker_http
+from serving.worker import Worker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "flight_delay"
@@ -63,16 +66,19 @@ def infer_inputs(arrays: dict[str, np.ndarray], datatypes: dict[str, str] | None
     return inputs
 
 
-def local_predict(path, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from serving.repository import create_session
+def served_session(path):
+    """A session under the options the server opens `path` with (its default of one intra-op thread)."""
+    return create_session(path, serving_options(path, intra_op_threads=1))
 
-    return create_session(str(path)).run(None, arrays)
+
+def local_predict(path, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return served_session(path).run(None, arrays)
 
 
 class RunningServer:
     """A Worker serving on a loopback port from a background thread of the test process."""
 
-    def __init__(self, config: ServeConfig):
+    def __init__(self, config: ServeSettings):
         self.config = config
         self.worker = Worker(config)
         self.httpd = None

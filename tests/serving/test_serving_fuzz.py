@@ -20,8 +20,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from serving import demo_models as dm
 from serving.codec import serialize_bytes
-from serving.repository import create_session
-from tests.serving.support import MODEL, ServerProcess, http_get
+from tests.serving.support import MODEL, ServerProcess, http_get, served_session
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -103,7 +102,7 @@ def target(model_files, tmp_path_factory):
         assert {(t.name, t.datatype, tuple(t.shape)) for t in meta.inputs} == {
             (name, KIND[name], (-1, 1)) for name in INPUTS
         }
-        fuzz = FuzzTarget(process, channel, stub, create_session(str(model_files["flight_v1"])))
+        fuzz = FuzzTarget(process, channel, stub, served_session(model_files["flight_v1"]))
         for i in range(WARM_UP_REQUESTS):  # every batch size, so ONNX Runtime's arena is at its size
             arrays = dm.flight_rows(i % MAX_BATCH + 1, seed=i)
             reply = stub.ModelInfer(encode(arrays), timeout=CALL_TIMEOUT_S)

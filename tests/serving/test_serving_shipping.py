@@ -189,16 +189,16 @@ def test_the_parents_view_sums_shipping_counters_and_takes_the_largest_pending_c
 
 
 def test_the_default_destination_is_the_pipelines_artifact_store(monkeypatch, tmp_path):
-    from serving.server import parse_config, ship_destination
+    from serving.settings import parse_settings, ship_destination
 
     monkeypatch.delenv("MLOPS_SERVE_LOG_SHIP_TO", raising=False)
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
-    config = parse_config(["--model-path", "m.onnx"])
+    config = parse_settings(["--model-path", "m.onnx"])
     assert config.log_ship_to is None and ship_destination(config.log_ship_to) == str(tmp_path / "artifacts")
-    assert ship_destination(parse_config(["--model-path", "m.onnx", "--log-ship-to", "none"]).log_ship_to) is None
+    assert ship_destination(parse_settings(["--model-path", "m.onnx", "--log-ship-to", "none"]).log_ship_to) is None
     monkeypatch.setenv("MLOPS_SERVE_LOG_SHIP_TO", "s3://bucket/mlops/artifacts")
-    assert parse_config(["--model-path", "m.onnx"]).log_ship_to == "s3://bucket/mlops/artifacts"
-    assert parse_config(["--model-path", "m.onnx", "--log-ship-to", "/srv/store"]).log_ship_to == "/srv/store"
+    assert parse_settings(["--model-path", "m.onnx"]).log_ship_to == "s3://bucket/mlops/artifacts"
+    assert parse_settings(["--model-path", "m.onnx", "--log-ship-to", "/srv/store"]).log_ship_to == "/srv/store"
 
 
 @pytest.mark.slow

@@ -20,12 +20,12 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def server(model_files, tmp_path_factory):
-    from serving.server import ServeConfig
+    from serving.settings import ServeSettings
     from tests.serving.support import RunningServer, free_port
 
     folder = tmp_path_factory.mktemp("validation")
     running = RunningServer(
-        ServeConfig(
+        ServeSettings(
             host="127.0.0.1",
             port=free_port(),
             metrics_port=free_port(),
