@@ -44,15 +44,15 @@ def _worker_main(config_dict: dict, index: int, states, beats) -> None:
 
 def run_workers(config: ServeSettings) -> int:
     from serving import logs
-    from serving.metrics import merge_snapshots, read_snapshots
-    from serving.mirror import MirrorProcess  # registry mirror
+    from serving.mirror_process import MirrorProcess
+    from serving.worker_snapshots import merge_snapshots, read_snapshots
 
     logs.configure(config.log_level)
     metrics_dir = Path(tempfile.mkdtemp(prefix="mlops-serve-metrics-"))
     child_config = config.model_dump()
     child_config["metrics_dir"] = str(metrics_dir)
-    mirror = None if config.model_path else MirrorProcess.for_server(config)  # registry mirror
-    child_config["manifest_path"] = mirror.manifest if mirror else None  # registry mirror
+    mirror = None if config.model_path else MirrorProcess.for_server(config)
+    child_config["manifest_path"] = mirror.manifest if mirror else None
     ctx = multiprocessing.get_context("spawn")  # gRPC must not be forked after it started threads
     states = ctx.Array("b", config.workers, lock=False)
     beats = ctx.Array("d", config.workers, lock=False)  # 0 until a worker's first heartbeat
@@ -160,8 +160,8 @@ def run_workers(config: ServeSettings) -> int:
             log.error("worker did not stop in time; killing it", extra={"pid": child.pid})
             child.kill()
             child.join(5)
-    if mirror is not None:  # registry mirror
-        mirror.stop()  # registry mirror
+    if mirror is not None:
+        mirror.stop()
     if httpd is not None:
         httpd.shutdown()
     shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""One worker: the repository, the registry follower, the gRPC and REST servers and the prediction log
+"""One worker: the repository, the alias follower, the gRPC and REST servers and the prediction log
 of one process, its heartbeat, and its graceful stop.
 
 A graceful stop (SIGTERM or SIGINT): health goes NOT_SERVING and /ready 503, new inference
@@ -49,12 +49,14 @@ class Worker:
         self.stopped = threading.Event()
 
     async def run(self, started: Callable[[Worker], None] | None = None) -> None:
+        from serving.alias_follower import AliasFollower
         from serving.dataplane import DataPlane, ServerState
         from serving.errors import ServerNotReady
         from serving.grpc_server import build_grpc_server
-        from serving.metrics import ServerStats, SnapshotPublisher
-        from serving.registry import RegistryFollower, open_source
+        from serving.metrics import ServerStats
         from serving.servicer import InferenceServicer
+        from serving.version_sources import open_source
+        from serving.worker_snapshots import SnapshotPublisher
 
         cfg = self.config
         self._loop = loop = asyncio.get_running_loop()
@@ -71,12 +73,10 @@ class Worker:
         shipper = prediction_log.shipper if prediction_log is not None else None
         if shipper is not None:
             stats.log_pending = lambda: shipper.pending
-        # --- registry source (owned by serving.registry) ---
         source = open_source(cfg)
         stats.registry = source.status
         aliases = [cfg.aliases[0]] if cfg.model_path else cfg.aliases
-        follower = RegistryFollower(repository, loop, source, cfg.model_name, aliases)
-        # --- end registry source ---
+        follower = AliasFollower(repository, loop, source, cfg.model_name, aliases)
 
         plane = DataPlane(repository, stats, prediction_log, state)
         servicer = InferenceServicer(plane, {cfg.model_name: follower})
@@ -162,7 +162,7 @@ class Worker:
             if rest is not None:
                 await rest.cleanup()
             watcher.cancel()
-            source.close()  # registry source (owned by serving.registry)
+            source.close()
             await repository.close(timeout=1.0)
             flushed = True
             if prediction_log is not None:
@@ -222,7 +222,8 @@ class Worker:
 
 
 def _repository(cfg: ServeSettings, stats):
-    from serving.repository import ModelRepository, RepositoryConfig
+    from serving.loaded_model import RepositoryConfig
+    from serving.repository import ModelRepository
 
     config = RepositoryConfig(
         max_batch_size=cfg.max_batch_size,

@@ -357,8 +357,9 @@ def test_serving_never_imports_dagster():
     import sys
 
     code = (
-        "import sys, serving.server, serving.servicer, serving.registry, serving.repository, "
-        "serving.prediction_log, serving.metrics, serving.batching, serving.codec, serving.interceptors; "
+        "import sys, serving.server, serving.servicer, serving.version_sources, serving.alias_follower, "
+        "serving.repository, serving.prediction_log, serving.metrics, serving.batching, serving.codec, "
+        "serving.interceptors; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'mlflow')))"
     )
     out = subprocess.run(

@@ -17,8 +17,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from serving import demo_models as dm
-from serving.settings import ServeSettings
-from tests.serving.support import MODEL, RunningServer, free_port, http_get, local_predict, wait_until
+from tests.serving.support import MODEL, free_port, http_get, local_predict, loopback_settings, running, wait_until
 from tests.serving.test_serving_ops import certificate  # noqa: F401 - the TLS fixture, shared
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,22 +28,11 @@ MAX_BATCH = 8
 @pytest.fixture(scope="module")
 def server(model_files, tmp_path_factory):
     folder = tmp_path_factory.mktemp("rest")
-    running = RunningServer(
-        ServeSettings(
-            host="127.0.0.1",
-            port=free_port(),
-            metrics_port=free_port(),
-            http_port=free_port(),
-            model_name=MODEL,
-            model_path=str(model_files["flight_v1"]),
-            max_batch_size=MAX_BATCH,
-            prediction_log_dir=str(folder / "log"),
-            log_ship_to="none",
-        )
+    settings = loopback_settings(
+        folder, model_path=str(model_files["flight_v1"]), max_batch_size=MAX_BATCH, http_port=free_port()
     )
-    running.wait_ready()
-    yield running
-    running.stop()
+    with running(settings) as server:
+        yield server
 
 
 def rest_url(server) -> str:

@@ -17,7 +17,8 @@ from tritonclient.utils import InferenceServerException
 
 from serving import demo_models as dm
 from serving.log_records import LoggedRequest, decode_segment, segment_key
-from serving.metrics import ServerStats, merge_snapshots
+from serving.metrics import ServerStats
+from serving.worker_snapshots import merge_snapshots
 from tests.serving.support import MODEL, free_port, http_get, infer_inputs, wait_until
 from tests.serving.test_serving_rest import inputs, json_body, request
 

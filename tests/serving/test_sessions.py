@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from mlops_assets import onnx_metrics
 from mlops_assets.compression import session_probe
 from serving import demo_models as dm
+from serving.loaded_model import RepositoryConfig
 from serving.metrics import ServerStats
-from serving.repository import ModelRepository, RepositoryConfig
+from serving.repository import ModelRepository
 from serving.sessions import (
     METADATA_KEY,
     SessionOptions,
