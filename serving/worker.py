@@ -78,8 +78,8 @@ class Worker:
         aliases = [cfg.aliases[0]] if cfg.model_path else cfg.aliases
         follower = AliasFollower(repository, loop, source, cfg.model_name, aliases)
 
-        plane = DataPlane(repository, stats, prediction_log, state)
-        servicer = InferenceServicer(plane, {cfg.model_name: follower})
+        plane = DataPlane(repository, stats, prediction_log, state, followers={cfg.model_name: follower})
+        servicer = InferenceServicer(plane)
         grpc_server = build_grpc_server(cfg, servicer, ready=lambda: state.accepting and repository.is_ready())
         server, address, self.port = grpc_server.server, grpc_server.address, grpc_server.port
         rest = None
