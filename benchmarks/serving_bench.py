@@ -268,9 +268,9 @@ class OnnxRuntimeTarget(Target):
     name = "onnxruntime"
 
     def __init__(self, model_path: Path, data: dict[int, dict[str, np.ndarray]]):
-        from serving.repository import create_session
+        from serving.sessions import create_session, serving_options
 
-        self.session = create_session(str(model_path))
+        self.session = create_session(model_path, serving_options(model_path, intra_op_threads=1))
         self.data = data
 
     def _measure(self, concurrency, rows, seconds):

@@ -9,14 +9,12 @@ import pandas as pd
 
 from mlops_assets.features_spec import TARGET
 from mlops_assets.training.modeling import onnx_feeds
+from serving.sessions import create_session, recorded_options
 
 
-def session(onnx_bytes: bytes, threads: int = 0):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads  # 0: onnxruntime's default, every core
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+def session(onnx_bytes: bytes):
+    """A session under the options recorded with the model: the ones the scorecard and the server use."""
+    return create_session(onnx_bytes, recorded_options(onnx_bytes))
 
 
 def predict(sess, frame: pd.DataFrame) -> np.ndarray:

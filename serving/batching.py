@@ -1,24 +1,15 @@
 """Dynamic batching: rows from concurrent requests run through the model together.
 
-The batcher never waits when there is nothing to wait for. Every request is queued, and what is
-queued at the end of the current event-loop turn runs as one batch: concurrent requests that
-arrived together share one `session.run`, and a lone request costs one loop turn. (Asking "is
-another request in flight?" when a request is decoded would always answer no, because each request
-is decoded and run in one step of the loop; the requests gRPC is still reading are invisible.) It
-waits (at most `max_queue_delay_us`) only while the previous batch held more requests than are
-queued now: those callers are likely about to send again. A lone caller therefore never waits.
-
-Where a batch runs depends on its expected cost. A cheap batch (a tiny model: tens of
-microseconds) runs inline on the event loop, because handing it to a thread and back costs more
-than the model. An expensive one runs on the model's compute thread (ONNX Runtime releases the
-GIL), so the loop keeps decoding and queueing requests meanwhile. The queue is bounded: a full
-queue rejects at once with `QueueFull` (RESOURCE_EXHAUSTED), and so does a request that would take
-the bytes queued across every model over the server's budget (`QueueBudget`), so memory stays bounded.
-
-Nothing inside a batch can wedge the batcher: any exception while gathering, running, slicing or
-accounting fails that batch's callers and the next batch runs. A caller that gives up (deadline,
-cancellation) leaves the queue. `stalled_s()` tells health checks how long the batcher has made
-no progress, and `drain(timeout)` answers whatever is left `ServerNotReady` when time runs out.
+What is queued at the end of the current event-loop turn runs as one batch, so requests that arrived
+together share one `session.run` and a lone request costs one loop turn (requests gRPC is still
+reading are invisible, so "is another in flight?" would always answer no). It waits, at most
+`max_queue_delay_us`, only while the previous batch held more requests than are queued now: those
+callers are likely about to send again. A cheap batch runs inline on the event loop (a thread
+hand-off costs more than a tiny model); an expensive one on the model's compute thread (ONNX Runtime
+releases the GIL). A full queue, or bytes over the server's `QueueBudget`, rejects at once with
+`QueueFull`. Any exception inside a batch fails that batch's callers only; a caller that gives up
+leaves the queue; `stalled_s()` feeds health checks and `drain(timeout)` answers what is left
+`ServerNotReady`.
 """
 
 from __future__ import annotations
@@ -33,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from serving.errors import QueueFull, ServerNotReady
+from serving.queue_budget import QueueBudget
 
 log = logging.getLogger("serving.batching")
 
@@ -60,24 +52,6 @@ class _Pending:
         self.nbytes = nbytes
         self.future = future
         self.enqueued_ns = enqueued_ns
-
-
-class QueueBudget:
-    """Bytes of request data queued across every batcher of a server, bounded by `limit` (0: none)."""
-
-    __slots__ = ("limit", "used")
-
-    def __init__(self, limit: int = 0):
-        self.limit = limit
-        self.used = 0
-
-    def take(self, nbytes: int) -> None:
-        if self.limit and self.used + nbytes > self.limit:
-            raise QueueFull(f"queued inference data would exceed the server's limit of {self.limit} bytes")
-        self.used += nbytes
-
-    def give(self, nbytes: int) -> None:
-        self.used -= nbytes
 
 
 def run_direct(run: RunFn, feeds: dict[str, np.ndarray], rows: int) -> BatchResult:

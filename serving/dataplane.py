@@ -1,7 +1,8 @@
 """The data plane both protocol adapters call: health, metadata and inference, whatever the wire.
 
 `serving.servicer` (gRPC, protobuf) and `serving.rest` (HTTP/REST, JSON) only convert their wire
-format; everything a request means happens here once: the repository lookup, the drain refusal, the
+format; everything a request means happens here once (the control plane's load and unload and the
+statistics lookup too): the repository lookup, the drain refusal, the
 per-version accounting (one context manager, whatever becomes of the request), the batcher call
 within the client's deadline, the choice of outputs, the prediction log (with the row keys and event
 time of the request's parameters, serving.log_parameters) and the request log lines.
@@ -27,6 +28,8 @@ from serving.errors import (
     DeadlineExceeded,
     InternalError,
     InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
     ServerNotReady,
     ServingError,
     quoted,
@@ -78,10 +81,11 @@ class _Timing:
 
 
 class DataPlane:
-    def __init__(self, repository, stats, prediction_log=None, state: ServerState | None = None):
+    def __init__(self, repository, stats, prediction_log=None, state: ServerState | None = None, followers=None):
         self.repository = repository
         self.stats = stats
         self.state = state or ServerState()
+        self._followers = followers or {}  # model name -> its AliasFollower (the control plane's)
         self._log = prediction_log
         self._id_prefix = f"{uuid.uuid4().hex[:12]}-{os.getpid():x}-"
         self._ids = itertools.count(1)
@@ -107,6 +111,41 @@ class DataPlane:
             "platform": PLATFORM,
             **model.signature.to_dict(),
         }
+
+    def versions(self, name: str) -> list[str]:
+        return self.repository.versions(name)
+
+    def statistics(self, name: str = "", version: str = "") -> list:
+        """((model, version), ModelStats) of every version counted, or of `name` (and `version`)."""
+        with self.stats.lock:
+            items = sorted(self.stats.models.items())
+        if name and name not in {key[0] for key, _ in items} and not self.repository.ready(name):
+            raise ModelNotFound(f"model '{quoted(name)}' is not served here")
+        chosen = [(key, s) for key, s in items if (not name or key[0] == name) and (not version or key[1] == version)]
+        if name and version and not chosen:
+            raise ModelNotFound(f"model '{name}' has no statistics for version '{quoted(version)}'")
+        return chosen
+
+    # --- control plane --------------------------------------------------------------------------
+
+    def index(self, ready_only: bool = False):
+        return self.repository.index(ready_only=ready_only)
+
+    async def load(self, name: str) -> None:
+        """Poll the registry for `name` now, resuming a follower paused by `unload` (RepositoryModelLoad)."""
+        follower = self._followers.get(name)
+        if follower is None:
+            raise ModelNotFound(f"model '{quoted(name)}' is not followed by this server")
+        errors = await asyncio.get_running_loop().run_in_executor(None, follower.poll, True)
+        if errors and not self.repository.ready(name):
+            raise ModelLoadError(f"model '{name}' failed to load: {'; '.join(errors)}")
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name` until the next `load` (RepositoryModelUnload)."""
+        follower = self._followers.get(name)
+        if follower is not None:
+            follower.paused = True
+        await self.repository.unload(name)
 
     # --- inference ------------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from serving.log_records import new_segment_name, segment_day, segment_key
-from serving.prediction_log import DONE_SUFFIX, WARN_INTERVAL_S, claimed, error_cause
+from serving.log_segments import DONE_SUFFIX, claimed, error_cause
+from serving.prediction_log import WARN_INTERVAL_S
 
 log = logging.getLogger("serving.log_shipping")
 

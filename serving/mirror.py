@@ -2,253 +2,29 @@
 
 It resolves the served aliases, downloads new versions into a verified cache and writes what the
 workers should serve to a small JSON manifest, replaced atomically. Workers follow the manifest
-(`serving.registry.ManifestSource`) and never import mlflow, which costs each of them ~130 MB.
+(`serving.version_sources.ManifestSource`) and never import mlflow, which costs each of them ~130 MB.
 `mlops-serve` starts it as `python -m serving.mirror` with a pipe on stdin; it exits when the
 pipe closes, so it never outlives its parent.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
+from serving.mirror_process import MirrorSettings, poll_request_path
+from serving.mlflow_registry import MlflowRegistry
+from serving.version_cache import VerificationError, VersionCache
+
 log = logging.getLogger("serving.mirror")
-
-CHECKSUMS = "checksums.json"
-PARTIAL = ".partial-"  # a download in progress: .partial-<pid>-<version>-<random>
-
-
-@dataclass
-class MirrorSettings:
-    manifest: str
-    model_name: str = "flight_delay"
-    aliases: list[str] = field(default_factory=lambda: ["champion"])  # the first is the default
-    tracking_uri: str | None = None
-    registry_uri: str | None = None
-    cache_dir: str = "./.mlops/serving_cache"
-    poll_interval: float = 10.0  # seconds between registry polls
-    backoff_initial: float = 1.0  # seconds before the first retry of a failed call; doubles
-    backoff_max: float = 60.0
-    require_approval: bool = False  # serve only versions tagged promotion_decision=approved
-    log_level: str = "INFO"
-
-    @classmethod
-    def for_server(cls, config, manifest: str) -> MirrorSettings:
-        """The settings a `ServeConfig` implies."""
-        cache = config.cache_dir or str(Path(os.environ.get("MLOPS_HOME", "./.mlops")) / "serving_cache")
-        return cls(
-            manifest=manifest,
-            model_name=config.model_name,
-            aliases=list(config.aliases),
-            tracking_uri=config.tracking_uri,
-            registry_uri=config.registry_uri,
-            cache_dir=cache,
-            poll_interval=config.poll_interval,
-            backoff_initial=config.registry_backoff_initial,
-            backoff_max=config.registry_backoff_max,
-            require_approval=config.require_approval,
-            log_level=config.log_level,
-        )
-
-    def to_argv(self) -> list[str]:
-        argv = []
-        for f in fields(self):
-            value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
-            if value is True:
-                argv.append(flag)
-            elif isinstance(value, list):
-                argv += [flag, ",".join(value)]
-            elif value is not None and value is not False:
-                argv += [flag, str(value)]
-        return argv
-
-    @classmethod
-    def from_argv(cls, argv: list[str] | None = None) -> MirrorSettings:
-        parser = argparse.ArgumentParser(prog="python -m serving.mirror", description=__doc__.splitlines()[0])
-        defaults = cls(manifest="")
-        for f in fields(cls):
-            flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
-            if f.name == "manifest":
-                parser.add_argument(flag, required=True, help="where to write the manifest")
-            elif isinstance(default, bool):
-                parser.add_argument(flag, action="store_true")
-            elif isinstance(default, list):
-                parser.add_argument(flag, default=",".join(default))
-            else:
-                parser.add_argument(flag, type=float if isinstance(default, float) else str, default=default)
-        values = vars(parser.parse_args(argv))
-        values["aliases"] = [a.strip() for a in values["aliases"].split(",") if a.strip()]
-        return cls(**values)
-
-
-def poll_request_path(manifest: str | Path) -> Path:
-    """A worker replaces this file to ask the mirror for a poll now (RepositoryModelLoad)."""
-    manifest = Path(manifest)
-    return manifest.with_name(manifest.name + ".poll")
-
-
-def find_onnx(folder: Path) -> Path:
-    """The ONNX file inside a downloaded model folder (mlflow's onnx flavor writes model.onnx)."""
-    candidates = sorted(folder.rglob("*.onnx"), key=lambda p: (len(p.parts), p.name != "model.onnx", str(p)))
-    if not candidates:
-        raise FileNotFoundError(f"no .onnx file under {folder}")
-    return candidates[0]
-
-
-# --- the registry ---------------------------------------------------------------------------------
-
-
-class MlflowRegistry:
-    """The MLflow calls the mirror makes."""
-
-    def __init__(self, tracking_uri: str | None, registry_uri: str | None = None):
-        self.tracking_uri = tracking_uri
-        self.registry_uri = registry_uri or tracking_uri
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            import mlflow
-
-            self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
-        return self._client
-
-    def resolve(self, name: str, alias: str) -> tuple[str, dict] | None:
-        """(version, tags) the alias names, or None if there is no such model or alias (yet)."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            version = self.client.get_model_version_by_alias(name, alias)
-        except MlflowException as exc:
-            if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise
-        # int from the sqlite store, str over REST: always compare as strings.
-        return str(version.version), dict(version.tags or {})
-
-    def download(self, name: str, version: str, folder: Path) -> None:
-        import mlflow
-
-        # Resolve the artifact location with our own client: mlflow resolves a `models:/` URI whose
-        # source is a logged model (`models:/m-...`) against its process-global tracking URI.
-        location = self.client.get_model_version_download_uri(name, version)
-        mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(folder))
-
-
-# --- the cache ------------------------------------------------------------------------------------
-
-
-class VerificationError(Exception):
-    """A downloaded version that must not serve; `kind` is the swap-failure metric's reason."""
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-
-
-def verify(folder: Path) -> Path:
-    """The folder's ONNX file, once onnxruntime loads it and its signature is one we can serve."""
-    from serving.repository import create_session
-    from serving.signature import signature_from_session
-
-    try:
-        onnx = find_onnx(folder)
-    except FileNotFoundError as exc:
-        raise VerificationError("load_error", f"the version has no ONNX file: {exc}") from exc
-    try:
-        session = create_session(str(onnx))
-    except Exception as exc:
-        raise VerificationError("load_error", f"cannot load the ONNX file: {exc}") from exc
-    try:
-        signature_from_session(session)
-    except ValueError as exc:
-        raise VerificationError("unsupported_signature", str(exc)) from exc
-    return onnx
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_checksums(folder: Path) -> None:
-    sums = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
-
-
-def checksums_match(folder: Path) -> bool:
-    try:
-        sums = json.loads((folder / CHECKSUMS).read_text())
-        return bool(sums) and all(_sha256(folder / name) == digest for name, digest in sums.items())
-    except (OSError, ValueError):
-        return False
-
-
-class VersionCache:
-    """`root/<model>/<version>/`: complete, verified downloads only, each with its sha256 sums.
-
-    A download goes to a partial folder beside the entry (same filesystem) and is renamed into
-    place once verified, so a crash mid-download never leaves a half entry where one is read.
-    """
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def get(self, name: str, version: str, download) -> Path:
-        """The verified ONNX file of a version, downloading it with `download(folder)` if needed."""
-        final = self.root / name / version
-        if final.exists():
-            if checksums_match(final):
-                return find_onnx(final)
-            log.warning("cache entry altered or incomplete; downloading it again", extra={"path": str(final)})
-            shutil.rmtree(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f"{PARTIAL}{os.getpid()}-{version}-", dir=final.parent))
-        try:
-            download(partial)
-            verify(partial)
-            _write_checksums(partial)
-            try:
-                os.rename(partial, final)
-            except OSError:
-                if not checksums_match(final):
-                    raise
-                # Another mirror on this cache renamed a complete entry first: use that one.
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-        return find_onnx(final)
-
-    def remove_abandoned(self, name: str) -> None:
-        """Delete the partial downloads of processes that died mid-download."""
-        for partial in (self.root / name).glob(PARTIAL + "*"):
-            pid = int(partial.name[len(PARTIAL) :].split("-", 1)[0])
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                shutil.rmtree(partial, ignore_errors=True)
-            except PermissionError:
-                pass  # alive, another user's
-
-
-# --- the mirror -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -470,64 +246,6 @@ class Mirror:
         os.replace(tmp, self.manifest)
 
 
-# --- the process ----------------------------------------------------------------------------------
-
-
-class MirrorProcess:
-    """`python -m serving.mirror` as a child of this process, restarted if it dies.
-
-    It holds the write end of the child's stdin: when this process exits, however it exits, the
-    pipe closes and the mirror stops.
-    """
-
-    def __init__(self, settings: MirrorSettings, folder: Path):
-        self.settings = settings
-        self.manifest = settings.manifest
-        self._folder = folder
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._process = self._spawn()
-        threading.Thread(target=self._supervise, name="registry-mirror", daemon=True).start()
-
-    @classmethod
-    def for_server(cls, config) -> MirrorProcess:
-        folder = Path(tempfile.mkdtemp(prefix="mlops-serve-mirror-"))
-        return cls(MirrorSettings.for_server(config, str(folder / "manifest.json")), folder)
-
-    def _spawn(self) -> subprocess.Popen:
-        self._started = time.monotonic()
-        return subprocess.Popen(
-            [sys.executable, "-m", "serving.mirror", *self.settings.to_argv()], stdin=subprocess.PIPE
-        )
-
-    def _supervise(self) -> None:
-        delay = 0.5
-        while True:
-            code = self._process.wait()
-            if self._stopped.is_set():
-                return
-            delay = 1.0 if time.monotonic() - self._started > 60 else min(delay * 2, 60.0)
-            log.error("registry mirror exited; restarting it", extra={"exitcode": code, "restart_in_s": delay})
-            if self._stopped.wait(delay):
-                return
-            with self._lock:
-                if self._stopped.is_set():
-                    return
-                self._process = self._spawn()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        with self._lock:
-            self._stopped.set()
-            process = self._process
-        process.stdin.close()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(self._folder, ignore_errors=True)
-
-
 def _exit_with_parent(manifest: Path) -> None:
     sys.stdin.buffer.read()  # returns when the parent closes the pipe or dies
     log.info("parent gone; registry mirror stopping", extra={"pid": os.getpid()})
@@ -550,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # A server blocks SIGTERM/SIGINT in its threads (serving.server._guard_stop) and we inherit that
+    # A server blocks SIGTERM/SIGINT in its threads (serving.worker.guard_stop) and we inherit that
     # mask; the parent stops us by closing our stdin, but a signal must still work for an operator.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which then stops us

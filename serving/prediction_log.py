@@ -1,30 +1,12 @@
 """The prediction log: every (sampled) request's inputs and outputs, as rotated JSONL segments.
 
-The record format and the segment names are serving/log_records.py (the pipeline reads them back).
-
-- folder: `$MLOPS_HOME/prediction_log` by default (`MLOPS_HOME` defaults to `./.mlops`); the worker
-  processes of one server share it;
-- a segment holds the records of one UTC event day: a record of another day closes it (for live traffic,
-  the midnight rotation). It is written as `<segment>.jsonl.open` and renamed to `.jsonl` once complete
-  (rotated by size, age or day, or closed on shutdown), so a reader only ever reads complete files;
-- with `ship_to`, each closed segment is uploaded to the artifact store and only then deleted here
-  (serving/log_shipping.py).
-
-The request path only appends a reference to the arrays to a bounded buffer; a background thread
-serializes and writes. The writer holds `flock(LOCK_EX)` on each `.open` segment while it has it open,
-so a process starting up recovers (drops the torn last line, renames) exactly the `.open` segments
-whose lock is free: those of dead processes. Pids cannot tell, as containers reuse them.
-
-No record is lost without being counted in `mlops_serve_prediction_log_dropped{reason}`: `buffer_full`
-(requests never wait for the disk), `write_error` (any OSError: the failed segment is closed with the
-complete records it holds and the next batch opens a new one), `encode_error`, `closed`. A failed
-fsync is logged too, though what the kernel lost cannot be counted.
-
-Defaults, each a bound: sample rate 1.0; a segment closes at 64 MiB or 300 s, so readers see records
-within minutes; the folder's closed segments are kept to 1 GiB, oldest deleted first (counted in
-`mlops_serve_prediction_log_evicted_bytes`), so a pod is never evicted for filling its disk with its
-own log, even while the artifact store is down; `close()` waits a bounded time, so a wedged disk or
-store cannot hang a shutdown.
+Records and segment names: serving/log_records.py; segments on disk: serving/log_segments.py; shipping
+to the artifact store: serving/log_shipping.py. A segment holds one UTC event day and closes at a size,
+an age or a new day. The request path only appends a reference to the arrays to a bounded buffer; a
+background thread serializes and writes. No record is lost without being counted in
+`mlops_serve_prediction_log_dropped{reason}`: `buffer_full` (requests never wait for the disk),
+`write_error` (the failed segment is closed with the complete records it holds), `encode_error`,
+`closed`. Each default (serving.settings) is a bound, `close()` included.
 """
 
 from __future__ import annotations
@@ -32,169 +14,35 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 from serving.log_records import encode_record, new_segment_name, record_day
+from serving.log_segments import (
+    closed_name,
+    create_locked,
+    error_cause,
+    evict_oldest,
+    fitting_lines,
+    recover_segments,
+    seal_segment,
+)
+from serving.settings import mlops_home
 
 log = logging.getLogger("serving.prediction_log")
 
-OPEN_SUFFIX = ".jsonl.open"
-DONE_SUFFIX = ".jsonl"
 WARN_INTERVAL_S = 10.0  # at most one warning line per drop reason in this time
 
 
 def default_directory() -> Path:
-    return Path(os.environ.get("MLOPS_HOME", "./.mlops")) / "prediction_log"
-
-
-# --- segments on disk ------------------------------------------------------------------------------
-
-
-def _closed_name(path: Path) -> Path:
-    return path.with_name(path.name[: -len(OPEN_SUFFIX)] + DONE_SUFFIX)
-
-
-def _names(path: Path, fd: int) -> bool:
-    """Whether `path` still names the file open as `fd` (another process may have sealed it)."""
-    try:
-        return os.path.samestat(os.stat(path), os.fstat(fd))
-    except FileNotFoundError:
-        return False
-
-
-def _complete_size(fd: int) -> int:
-    """Bytes up to and including the last newline: anything after it is a write cut short."""
-    end = os.fstat(fd).st_size
-    while end > 0:
-        start = max(0, end - 65536)
-        newline = os.pread(fd, end - start, start).rfind(b"\n")
-        if newline >= 0:
-            return start + newline + 1
-        end = start
-    return 0
-
-
-def error_cause(error: Exception) -> str:
-    if isinstance(error, OSError) and error.errno is not None:
-        return errno.errorcode.get(error.errno, str(error.errno))
-    return type(error).__name__
-
-
-def _seal_locked(fd: int, path: Path) -> int | None:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    if not _names(path, fd):
-        return None
-    size = _complete_size(fd)
-    os.ftruncate(fd, size)
-    if size:
-        os.replace(path, _closed_name(path))
-    else:
-        os.unlink(path)
-    return size
-
-
-def seal_segment(path: Path) -> int | None:
-    """Close a `.open` segment no process writes: drop a torn last line, rename it to `.jsonl`
-    (remove it if nothing is left). Returns the bytes kept; None when its writer holds the lock,
-    it is already gone, or the disk refused (logged). Never raises."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-        try:
-            return _seal_locked(fd, path)
-        finally:
-            os.close(fd)
-    except (FileNotFoundError, BlockingIOError):
-        return None
-    except OSError as error:
-        log.warning(
-            "could not close a prediction log segment",
-            extra={"segment": str(path), "errno": error_cause(error)},
-        )
-        return None
-
-
-def recover_segments(directory: Path) -> list[Path]:
-    """Close the segments left `.open` by processes that died (nobody holds their lock)."""
-    recovered = []
-    for path in sorted(Path(directory).glob("predictions-*" + OPEN_SUFFIX)):
-        if seal_segment(path):
-            recovered.append(_closed_name(path))
-    return recovered
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def claimed(path: Path) -> Iterator[int | None]:
-    """A closed segment's descriptor under our exclusive lock, or None when another process holds it
-    (shipping or evicting it) or it is gone: no two processes ship or delete one segment at once."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        yield None
-        return
-    try:
-        yield fd if _try_lock(fd) and _names(path, fd) else None
-    finally:
-        os.close(fd)
-
-
-def _create_locked(path: Path) -> int | None:
-    """A new segment's descriptor, locked; None when the name is taken (as `.open` or `.jsonl`) or a
-    starting process's recovery sealed the file in the instant before our lock."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return None
-    keep = False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if not _names(path, fd):
-            return None
-        if _closed_name(path).exists():  # our pid reused by another container: never rename over its data
-            os.unlink(path)
-            return None
-        keep = True
-        return fd
-    except BlockingIOError:  # that recovery holds it; it removes the empty file
-        return None
-    finally:
-        if not keep:
-            os.close(fd)
-
-
-def _whole_lines(lines: list[bytes], room: int) -> int:
-    """How many of `lines`, written in order, fit entirely in `room` bytes."""
-    kept = 0
-    for line in lines:
-        room -= len(line)
-        if room < 0:
-            break
-        kept += 1
-    return kept
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:  # evicted by another worker meanwhile
-        return 0
+    return mlops_home() / "prediction_log"
 
 
 class PredictionLog:
@@ -252,8 +100,6 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    # --- request path ---------------------------------------------------------------------------
-
     def sampled(self) -> bool:
         rate = self.sample_rate
         return rate >= 1.0 or (rate > 0.0 and random.random() < rate)
@@ -300,8 +146,6 @@ class PredictionLog:
             dropped,
             extra={"reason": reason, "errno": cause, "records": records, "dropped": dropped},
         )
-
-    # --- writer thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
         stopping = False
@@ -370,7 +214,7 @@ class PredictionLog:
     def _open_segment(self, day: date) -> None:
         for _ in range(3):  # a new name when another process took or sealed the last one
             path = self.directory / (new_segment_name(day) + ".open")
-            fd = _create_locked(path)
+            fd = create_locked(path)
             if fd is not None:
                 self._file = open(fd, "wb", buffering=0, closefd=False)  # noqa: SIM115 - open across calls
                 self._path, self._day, self._opened_at, self._bytes = path, day, time.monotonic(), 0
@@ -382,7 +226,7 @@ class PredictionLog:
             return
         try:
             os.fsync(self._file.fileno())
-            os.replace(self._path, _closed_name(self._path))
+            os.replace(self._path, closed_name(self._path))
         except OSError as error:
             self._fail(error, [])
             return
@@ -403,7 +247,7 @@ class PredictionLog:
         if self._file is not None:
             self._release(error)
         size = seal_segment(path) if path is not None else None
-        kept = _whole_lines(lines, size - start) if size is not None else 0
+        kept = fitting_lines(lines, size - start) if size is not None else 0
         self._count_written(kept)
         self._lose("write_error", len(lines) - kept, error)
         self._closed()
@@ -415,23 +259,10 @@ class PredictionLog:
             self.shipper.notify()
 
     def _evict(self) -> None:
-        """Delete the oldest closed segments until the folder's closed segments fit in max_total_bytes."""
+        """Keep the folder's closed segments within max_total_bytes, oldest deleted first."""
         if not self.max_total_bytes:
             return
-        evicted = freed = 0
-        try:
-            segments = [(p, _size(p)) for p in sorted(self.directory.glob("predictions-*" + DONE_SUFFIX))]
-            excess = sum(size for _, size in segments) - self.max_total_bytes
-            for path, size in segments:
-                if excess <= 0:
-                    break
-                excess -= size
-                with claimed(path) as fd:
-                    if fd is not None:  # else being shipped or evicted by another worker: it leaves anyway
-                        path.unlink()
-                        evicted, freed = evicted + 1, freed + size
-        except OSError as error:
-            log.warning("prediction log retention failed", extra={"errno": error_cause(error)})
+        evicted, freed = evict_oldest(self.directory, self.max_total_bytes)
         if evicted:
             if self._stats is not None:
                 self._stats.log_evicted_bytes += freed

@@ -9,15 +9,12 @@ perf_analyzer and any KServe v2 client work unchanged.
 
 from __future__ import annotations
 
-import asyncio
-
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from serving.codec import decode_inputs, encode_outputs
 from serving.dataplane import PLATFORM, SERVER_NAME, SERVER_VERSION, DataPlane, InferReply
-from serving.errors import ModelLoadError, ModelNotFound, quoted
 from serving.log_parameters import NAMES as LOG_PARAMETERS
 from serving.signature import DATATYPE_TO_TRITON
 
@@ -58,11 +55,8 @@ def _parameters(parameters) -> dict[str, object]:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, followers=None):
+    def __init__(self, plane: DataPlane):
         self._plane = plane
-        self._repo = plane.repository
-        self._stats = plane.stats
-        self._followers = followers or {}
 
     # --- health and metadata --------------------------------------------------------------------
 
@@ -93,20 +87,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 add(name=spec.name, data_type=mc.DataType.Value(DATATYPE_TO_TRITON[spec.datatype]), dims=dims)
         if model.batcher is not None:
             config.dynamic_batching.max_queue_delay_microseconds = model.batcher.max_queue_delay_us
-        config.version_policy.specific.versions.extend(int(v) for v in self._repo.versions(model.name) if v.isdigit())
+        config.version_policy.specific.versions.extend(int(v) for v in self._plane.versions(model.name) if v.isdigit())
         config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
         return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(self, request, context):
-        name, version = request.name, request.version
-        with self._stats.lock:
-            items = sorted(self._stats.models.items())
-        if name and name not in {key[0] for key, _ in items} and not self._repo.ready(name):
-            raise ModelNotFound(f"model '{quoted(name)}' is not served here")
         response = pb.ModelStatisticsResponse()
-        for (model_name, model_version), s in items:
-            if (name and model_name != name) or (version and model_version != version):
-                continue
+        for (model_name, model_version), s in self._plane.statistics(request.name, request.version):
             entry = response.model_stats.add(
                 name=model_name,
                 version=model_version,
@@ -124,32 +111,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             for size, (count, ns) in sorted(s.batch_stats.items()):
                 batch = entry.batch_stats.add(batch_size=size)
                 batch.compute_infer.count, batch.compute_infer.ns = count, ns
-        if name and version and not response.model_stats:
-            raise ModelNotFound(f"model '{name}' has no statistics for version '{quoted(version)}'")
         return response
 
     # --- control plane --------------------------------------------------------------------------
 
     async def RepositoryIndex(self, request, context):
         response = pb.RepositoryIndexResponse()
-        for record in self._repo.index(ready_only=request.ready):
+        for record in self._plane.index(ready_only=request.ready):
             response.models.add(name=record.name, version=record.version, state=record.state, reason=record.reason)
         return response
 
     async def RepositoryModelLoad(self, request, context):
-        follower = self._followers.get(request.model_name)
-        if follower is None:
-            raise ModelNotFound(f"model '{quoted(request.model_name)}' is not followed by this server")
-        errors = await asyncio.get_running_loop().run_in_executor(None, follower.poll, True)
-        if errors and not self._repo.ready(request.model_name):
-            raise ModelLoadError(f"model '{request.model_name}' failed to load: {'; '.join(errors)}")
+        await self._plane.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
-        follower = self._followers.get(request.model_name)
-        if follower is not None:
-            follower.paused = True
-        await self._repo.unload(request.model_name)
+        await self._plane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # --- inference ------------------------------------------------------------------------------

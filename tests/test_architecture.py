@@ -112,3 +112,10 @@ def test_assets_live_in_stage_packages():
     assert with_assets == [], with_assets
     stages = {m.split(".")[1] for m in MODULES if m.count(".") >= 2 and m.startswith("mlops_assets.")}
     assert {"ingestion", "features", "training", "compression", "evaluation", "registry", "deployment"} <= stages
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("serving")))
+def test_serving_modules_stay_small(module):
+    """Serving is split by responsibility; a module past 300 lines is holding two."""
+    lines = MODULES[module].read_text(encoding="utf-8").count("\n")
+    assert lines <= 300, f"{module} has {lines} lines"

@@ -1,8 +1,9 @@
 """Operational figures of one ONNX file, measured in a fresh process: `python session_probe.py REQUEST.pkl`.
 
-Run as a script by `scorecard.probe`, never imported: a fresh interpreter holds nothing but numpy and
-onnxruntime, so the memory it reports is the session's and the CPU time it reports is onnxruntime's.
-It imports nothing from the project for the same reason.
+Run as a script by `scorecard.probe`, never imported: a fresh interpreter holds nothing but numpy,
+onnxruntime and the one session factory (serving.sessions, standard library at import), so the memory
+it reports is the session's and the CPU time it reports is onnxruntime's. Sessions get the options
+recorded with the model, at the two thread counts the scorecard compares.
 
 Memory: Linux's peak resident set (VmHWM) is reset through /proc/self/clear_refs just before the
 session is created; the reported peak is VmHWM after creating the session and running one full batch,
@@ -17,7 +18,10 @@ import pickle
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+
+from serving.sessions import SessionOptions, create_session, recorded_options
 
 
 def _status_kib(field: str) -> int | None:
@@ -38,13 +42,9 @@ def _reset_peak() -> bool:
     return True
 
 
-def _session(model: str, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads  # 0: onnxruntime's default, one thread per core
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+def _session(model: str, recorded: SessionOptions, threads: int):
+    # threads 0: onnxruntime's default, one thread per core
+    return create_session(model, replace(recorded, intra_op_threads=threads))
 
 
 def _timings(session, single: list[dict], batch: dict, warmup: int, repeats: int) -> dict[str, float]:
@@ -77,10 +77,11 @@ def main(request_path: str) -> None:
     import numpy  # noqa: F401  (imported before the baseline, like onnxruntime, so neither counts)
     import onnxruntime  # noqa: F401
 
+    recorded = recorded_options(request["model"])  # read before the baseline: the parse is not the session's
     before = _status_kib("VmRSS")
     exact = _reset_peak() and before is not None
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    session = _session(request["model"], threads=0)
+    session = _session(request["model"], recorded, threads=0)
     session.run(None, request["batch"])
     if exact:
         peak_kib = _status_kib("VmHWM") - before
@@ -90,7 +91,7 @@ def main(request_path: str) -> None:
 
     for label, threads in (("all_threads", 0), ("one_thread", 1)):
         if threads != 0:
-            session = _session(request["model"], threads=threads)
+            session = _session(request["model"], recorded, threads=threads)
         timed = _timings(session, request["single"], request["batch"], request["warmup"], request["repeats"])
         figures.update({f"{key}_{label}": value for key, value in timed.items()})
     Path(request["output"]).write_text(json.dumps(figures))

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from serving import demo_models as dm
-from serving.server import ServeConfig
-from tests.serving.support import MODEL, RunningServer, ServerProcess, free_port
+from tests.serving.support import MODEL, RunningServer, ServerProcess, loopback_settings
 
 
 @pytest.fixture(scope="session")
@@ -35,20 +34,9 @@ def serve(tmp_path):
     servers: list[RunningServer] = []
 
     def start(wait_ready: bool = True, **overrides) -> RunningServer:
-        values = dict(
-            host="127.0.0.1",
-            port=free_port(),
-            metrics_port=free_port(),
-            http_port=-1,  # tests of REST pass a free port
-            model_name=MODEL,
-            prediction_log_dir=str(tmp_path / "prediction_log"),
-            log_ship_to="none",  # tests of shipping pass a folder
-            poll_interval=0.2,
-            cache_dir=str(tmp_path / "cache"),
-            grace_period=10.0,
-        )
-        values.update(overrides)
-        server = RunningServer(ServeConfig(**values))
+        # Tests of REST pass a free http_port, tests of shipping a log_ship_to folder.
+        values = dict(poll_interval=0.2, cache_dir=str(tmp_path / "cache"), grace_period=10.0)
+        server = RunningServer(loopback_settings(tmp_path, **{**values, **overrides}))
         servers.append(server)
         if wait_ready:
             server.wait_ready()

@@ -4,6 +4,7 @@ tritonclient inputs, and onnxruntime references. Imported as `tests.serving.supp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -13,11 +14,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from serving.server import ServeConfig, Worker, start_worker_http
+from serving.sessions import create_session, serving_options
+from serving.settings import ServeSettings
+from serving.side_port import start_worker_http
+from serving.worker import Worker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "flight_delay"
@@ -63,16 +68,19 @@ def infer_inputs(arrays: dict[str, np.ndarray], datatypes: dict[str, str] | None
     return inputs
 
 
-def local_predict(path, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from serving.repository import create_session
+def served_session(path):
+    """A session under the options the server opens `path` with (its default of one intra-op thread)."""
+    return create_session(path, serving_options(path, intra_op_threads=1))
 
-    return create_session(str(path)).run(None, arrays)
+
+def local_predict(path, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return served_session(path).run(None, arrays)
 
 
 class RunningServer:
     """A Worker serving on a loopback port from a background thread of the test process."""
 
-    def __init__(self, config: ServeConfig):
+    def __init__(self, config: ServeSettings):
         self.config = config
         self.worker = Worker(config)
         self.httpd = None
@@ -180,3 +188,58 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def loopback_settings(folder: Path, **overrides) -> ServeSettings:
+    """A server of MODEL on free loopback ports, its prediction log in `folder` and kept there, REST off
+    unless `http_port` says otherwise; `overrides` are the test's own settings."""
+    values = dict(
+        host="127.0.0.1",
+        port=free_port(),
+        metrics_port=free_port(),
+        http_port=-1,
+        model_name=MODEL,
+        prediction_log_dir=str(Path(folder) / "prediction_log"),
+        log_ship_to="none",
+    )
+    return ServeSettings(**{**values, **overrides})
+
+
+@contextlib.contextmanager
+def running(settings: ServeSettings) -> Iterator[RunningServer]:
+    """A `RunningServer`, ready, stopped afterwards."""
+    server = RunningServer(settings)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def one_model_process(model_path, folder: Path, *args: str) -> Iterator[ServerProcess]:
+    """`mlops-serve --model-path` as a ready subprocess logging to `folder/server.log`, with a short grace
+    period and `args` added; SIGTERM (then SIGKILL) afterwards."""
+    process = ServerProcess(
+        [
+            "--model-path",
+            str(model_path),
+            "--model-name",
+            MODEL,
+            "--prediction-log-dir",
+            str(folder / "prediction_log"),
+            "--grace-period",
+            "2",
+            *args,
+        ],
+        env={"MLOPS_HOME": str(folder / "home")},
+        log_path=folder / "server.log",
+    )
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        try:
+            process.terminate(timeout=30)
+        finally:
+            process.kill()

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from serving.log_records import decode_segment, segment_day
+from serving.log_segments import recover_segments
 from serving.metrics import ServerStats
-from serving.prediction_log import PredictionLog, recover_segments
+from serving.prediction_log import PredictionLog
 from tests.serving.support import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -11,15 +11,14 @@ import pytest
 from serving import demo_models as dm
 from serving.batching import DynamicBatcher
 from serving.errors import QueueFull
-from serving.repository import create_session
-from tests.serving.support import infer_inputs, local_predict
+from tests.serving.support import infer_inputs, local_predict, served_session
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def session(model_files):
-    return create_session(str(model_files["flight_v1"]))
+    return served_session(model_files["flight_v1"])
 
 
 def make_batcher(session, **kwargs) -> DynamicBatcher:

@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from serving import demo_models as dm
 from serving.batching import DynamicBatcher
 from serving.errors import ServerNotReady
-from serving.server import HARD_STOP_MARGIN_S
+from serving.worker import HARD_STOP_MARGIN_S
 from tests.serving.support import MODEL, http_get, infer_inputs, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -212,7 +212,7 @@ def test_the_inference_token_cannot_touch_the_control_plane(serve, model_files):
 
 
 def test_without_an_admin_token_the_control_plane_is_off(serve, model_files, caplog):
-    with caplog.at_level(logging.WARNING, logger="serving.server"):
+    with caplog.at_level(logging.WARNING, logger="serving.worker"):
         server = serve(model_path=str(model_files["flight_v1"]))
     assert any("NO INFERENCE TOKEN" in r.getMessage() for r in caplog.records)
     with pytest.raises(InferenceServerException) as err:

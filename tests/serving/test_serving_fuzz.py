@@ -20,8 +20,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from serving import demo_models as dm
 from serving.codec import serialize_bytes
-from serving.repository import create_session
-from tests.serving.support import MODEL, ServerProcess, http_get
+from tests.serving.support import MODEL, ServerProcess, http_get, one_model_process, served_session
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -76,46 +75,24 @@ class FuzzTarget:
 @pytest.fixture(scope="module")
 def target(model_files, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
-    process = ServerProcess(
-        [
-            "--model-path",
-            str(model_files["flight_v1"]),
-            "--model-name",
-            MODEL,
-            "--max-batch-size",
-            str(MAX_BATCH),
-            "--prediction-log-dir",
-            str(folder / "prediction_log"),
-            "--cache-dir",
-            str(folder / "cache"),
-            "--grace-period",
-            "2",
-        ],
-        env={"MLOPS_HOME": str(folder / "home")},
-        log_path=folder / "server.log",
-    )
-    channel = grpc.insecure_channel(process.url)
-    try:
-        process.wait_ready()
+    args = ("--max-batch-size", str(MAX_BATCH), "--cache-dir", str(folder / "cache"))
+    with (
+        one_model_process(model_files["flight_v1"], folder, *args) as process,
+        grpc.insecure_channel(process.url) as channel,
+    ):
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=CALL_TIMEOUT_S)
         # The strategies below are built from this signature: fail loudly if the model changes.
         assert {(t.name, t.datatype, tuple(t.shape)) for t in meta.inputs} == {
             (name, KIND[name], (-1, 1)) for name in INPUTS
         }
-        fuzz = FuzzTarget(process, channel, stub, create_session(str(model_files["flight_v1"])))
+        fuzz = FuzzTarget(process, channel, stub, served_session(model_files["flight_v1"]))
         for i in range(WARM_UP_REQUESTS):  # every batch size, so ONNX Runtime's arena is at its size
             arrays = dm.flight_rows(i % MAX_BATCH + 1, seed=i)
             reply = stub.ModelInfer(encode(arrays), timeout=CALL_TIMEOUT_S)
             assert_matches_onnxruntime(fuzz, reply, arrays)
         fuzz.baseline_rss_kb = fuzz.rss_kb()
         yield fuzz
-    finally:
-        channel.close()
-        try:
-            process.terminate(timeout=30)
-        finally:
-            process.kill()
 
 
 def encode(arrays: dict[str, np.ndarray], **fields) -> pb.ModelInferRequest:

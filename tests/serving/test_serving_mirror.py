@@ -281,9 +281,9 @@ def test_a_server_process_serves_lean_and_leaves_no_mirror_behind(serve_process,
 
 WORKER_MODULES = """
 import json, sys
-from serving.server import ServeConfig
+from serving.settings import ServeSettings
 from tests.serving.support import RunningServer
-server = RunningServer(ServeConfig(**json.loads(sys.argv[1])))
+server = RunningServer(ServeSettings(**json.loads(sys.argv[1])))
 server.wait_ready()
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "mlflow")))
 server.stop()

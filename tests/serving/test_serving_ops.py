@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from serving import demo_models as dm
-from serving.server import parse_config
+from serving.settings import parse_settings
 from tests.serving.support import MODEL, REPO_ROOT, http_get, infer_inputs, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -357,8 +357,9 @@ def test_serving_never_imports_dagster():
     import sys
 
     code = (
-        "import sys, serving.server, serving.servicer, serving.registry, serving.repository, "
-        "serving.prediction_log, serving.metrics, serving.batching, serving.codec, serving.interceptors; "
+        "import sys, serving.server, serving.servicer, serving.version_sources, serving.alias_follower, "
+        "serving.repository, serving.prediction_log, serving.metrics, serving.batching, serving.codec, "
+        "serving.interceptors; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'mlflow')))"
     )
     out = subprocess.run(
@@ -400,14 +401,14 @@ def test_flags_fall_back_to_environment(monkeypatch):
     monkeypatch.setenv("MLOPS_SERVE_BATCHING", "0")
     monkeypatch.setenv("MLOPS_SERVE_TOKEN", "abc")
     monkeypatch.setenv("MLOPS_PREDICTION_LOG_SAMPLE_RATE", "0.25")
-    config = parse_config([])
+    config = parse_settings([])
     assert (config.port, config.tracking_uri, config.aliases) == (9100, "sqlite:///x.db", ["champion", "challenger"])
     assert config.batching is False and config.token == "abc" and config.prediction_log_sample_rate == 0.25
     assert config.model_name == "flight_delay"
-    assert parse_config(["--port", "9200", "--batching"]).port == 9200  # flags win
-    assert parse_config(["--batching"]).batching is True
+    assert parse_settings(["--port", "9200", "--batching"]).port == 9200  # flags win
+    assert parse_settings(["--batching"]).batching is True
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("MLOPS_HOME", "/srv/mlops")
-    assert parse_config([]).tracking_uri == "sqlite:////srv/mlops/mlflow.db"  # the pipeline's local store
+    assert parse_settings([]).tracking_uri == "sqlite:////srv/mlops/mlflow.db"  # the pipeline's local store
     with pytest.raises(SystemExit):
-        parse_config(["--tls-cert", "only-a-cert.pem"])
+        parse_settings(["--tls-cert", "only-a-cert.pem"])

@@ -17,8 +17,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from serving import demo_models as dm
-from serving.server import ServeConfig
-from tests.serving.support import MODEL, RunningServer, free_port, http_get, local_predict, wait_until
+from tests.serving.support import MODEL, free_port, http_get, local_predict, loopback_settings, running, wait_until
 from tests.serving.test_serving_ops import certificate  # noqa: F401 - the TLS fixture, shared
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,22 +28,11 @@ MAX_BATCH = 8
 @pytest.fixture(scope="module")
 def server(model_files, tmp_path_factory):
     folder = tmp_path_factory.mktemp("rest")
-    running = RunningServer(
-        ServeConfig(
-            host="127.0.0.1",
-            port=free_port(),
-            metrics_port=free_port(),
-            http_port=free_port(),
-            model_name=MODEL,
-            model_path=str(model_files["flight_v1"]),
-            max_batch_size=MAX_BATCH,
-            prediction_log_dir=str(folder / "log"),
-            log_ship_to="none",
-        )
+    settings = loopback_settings(
+        folder, model_path=str(model_files["flight_v1"]), max_batch_size=MAX_BATCH, http_port=free_port()
     )
-    running.wait_ready()
-    yield running
-    running.stop()
+    with running(settings) as server:
+        yield server
 
 
 def rest_url(server) -> str:
@@ -363,13 +351,13 @@ def test_workers_share_the_rest_port(serve_process, model_files, tmp_path):
 
 
 def test_http_port_flag_environment_and_workers(monkeypatch):
-    from serving.server import parse_config
+    from serving.settings import parse_settings
 
     monkeypatch.delenv("MLOPS_SERVE_HTTP_PORT", raising=False)
-    config = parse_config(["--model-path", "m.onnx"])
+    config = parse_settings(["--model-path", "m.onnx"])
     assert (config.http_port, config.port, config.metrics_port) == (8000, 8001, 8002)  # on, Triton's layout
     monkeypatch.setenv("MLOPS_SERVE_HTTP_PORT", "-1")
-    assert parse_config(["--model-path", "m.onnx"]).http_port == -1  # off
-    assert parse_config(["--model-path", "m.onnx", "--http-port", "9000"]).http_port == 9000
+    assert parse_settings(["--model-path", "m.onnx"]).http_port == -1  # off
+    assert parse_settings(["--model-path", "m.onnx", "--http-port", "9000"]).http_port == 9000
     with pytest.raises(SystemExit, match="--http-port"):
-        parse_config(["--model-path", "m.onnx", "--workers", "2", "--http-port", "0"])
+        parse_settings(["--model-path", "m.onnx", "--workers", "2", "--http-port", "0"])

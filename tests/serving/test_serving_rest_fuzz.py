@@ -16,10 +16,9 @@ from hypothesis import strategies as st
 
 from serving import demo_models as dm
 from serving.errors import InvalidInput
-from serving.repository import create_session
 from serving.rest_codec import HEADER_LENGTH, parse_request
 from serving.signature import signature_from_session
-from tests.serving.support import MODEL, ServerProcess, free_port
+from tests.serving.support import MODEL, one_model_process, served_session
 from tests.serving.test_serving_rest import json_body
 
 pytestmark = pytest.mark.timeout(300)
@@ -130,7 +129,7 @@ def fuzz_settings(examples: int):
 
 @pytest.fixture(scope="module")
 def model(model_files):
-    session = create_session(str(model_files["flight_v1"]))
+    session = served_session(model_files["flight_v1"])
     return SimpleNamespace(signature=signature_from_session(session), max_batch_size=MAX_BATCH, nan_policy="reject")
 
 
@@ -174,37 +173,12 @@ def test_binary_inputs_are_sliced_in_order():
 @pytest.fixture(scope="module")
 def target(model_files, tmp_path_factory):
     folder = tmp_path_factory.mktemp("rest-fuzz")
-    http_port = free_port()
-    process = ServerProcess(
-        [
-            "--model-path",
-            str(model_files["flight_v1"]),
-            "--model-name",
-            MODEL,
-            "--max-batch-size",
-            str(MAX_BATCH),
-            "--http-port",
-            str(http_port),
-            "--prediction-log-dir",
-            str(folder / "prediction_log"),
-            "--grace-period",
-            "2",
-        ],
-        env={"MLOPS_HOME": str(folder / "home")},
-        log_path=folder / "server.log",
-    )
-    try:
-        process.wait_ready()
+    with one_model_process(model_files["flight_v1"], folder, "--max-batch-size", str(MAX_BATCH)) as process:
         yield SimpleNamespace(
             process=process,
-            connection=http.client.HTTPConnection("127.0.0.1", http_port, timeout=10),
-            session=create_session(str(model_files["flight_v1"])),
+            connection=http.client.HTTPConnection("127.0.0.1", process.rest_port, timeout=10),
+            session=served_session(model_files["flight_v1"]),
         )
-    finally:
-        try:
-            process.terminate(timeout=30)
-        finally:
-            process.kill()
 
 
 def post(target, body: bytes, headers: dict) -> tuple[int, bytes]:

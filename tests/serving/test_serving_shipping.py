@@ -17,7 +17,8 @@ from tritonclient.utils import InferenceServerException
 
 from serving import demo_models as dm
 from serving.log_records import LoggedRequest, decode_segment, segment_key
-from serving.metrics import ServerStats, merge_snapshots
+from serving.metrics import ServerStats
+from serving.worker_snapshots import merge_snapshots
 from tests.serving.support import MODEL, free_port, http_get, infer_inputs, wait_until
 from tests.serving.test_serving_rest import inputs, json_body, request
 
@@ -189,16 +190,16 @@ def test_the_parents_view_sums_shipping_counters_and_takes_the_largest_pending_c
 
 
 def test_the_default_destination_is_the_pipelines_artifact_store(monkeypatch, tmp_path):
-    from serving.server import parse_config, ship_destination
+    from serving.settings import parse_settings, ship_destination
 
     monkeypatch.delenv("MLOPS_SERVE_LOG_SHIP_TO", raising=False)
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
-    config = parse_config(["--model-path", "m.onnx"])
+    config = parse_settings(["--model-path", "m.onnx"])
     assert config.log_ship_to is None and ship_destination(config.log_ship_to) == str(tmp_path / "artifacts")
-    assert ship_destination(parse_config(["--model-path", "m.onnx", "--log-ship-to", "none"]).log_ship_to) is None
+    assert ship_destination(parse_settings(["--model-path", "m.onnx", "--log-ship-to", "none"]).log_ship_to) is None
     monkeypatch.setenv("MLOPS_SERVE_LOG_SHIP_TO", "s3://bucket/mlops/artifacts")
-    assert parse_config(["--model-path", "m.onnx"]).log_ship_to == "s3://bucket/mlops/artifacts"
-    assert parse_config(["--model-path", "m.onnx", "--log-ship-to", "/srv/store"]).log_ship_to == "/srv/store"
+    assert parse_settings(["--model-path", "m.onnx"]).log_ship_to == "s3://bucket/mlops/artifacts"
+    assert parse_settings(["--model-path", "m.onnx", "--log-ship-to", "/srv/store"]).log_ship_to == "/srv/store"
 
 
 @pytest.mark.slow

@@ -13,33 +13,16 @@ from tritonclient.utils import InferenceServerException
 
 from serving import demo_models as dm
 from serving.codec import serialize_bytes
-from tests.serving.support import MODEL, http_get, infer_inputs
+from tests.serving.support import MODEL, http_get, infer_inputs, loopback_settings, running
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def server(model_files, tmp_path_factory):
-    from serving.server import ServeConfig
-    from tests.serving.support import RunningServer, free_port
-
     folder = tmp_path_factory.mktemp("validation")
-    running = RunningServer(
-        ServeConfig(
-            host="127.0.0.1",
-            port=free_port(),
-            metrics_port=free_port(),
-            model_name=MODEL,
-            model_path=str(model_files["flight_v1"]),
-            max_batch_size=8,
-            prediction_log_dir=str(folder / "log"),
-            http_port=-1,
-            log_ship_to="none",
-        )
-    )
-    running.wait_ready()
-    yield running
-    running.stop()
+    with running(loopback_settings(folder, model_path=str(model_files["flight_v1"]), max_batch_size=8)) as server:
+        yield server
 
 
 def raw_request(rows: dict[str, np.ndarray], **fields) -> pb.ModelInferRequest:
