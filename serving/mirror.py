@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.mirror_client import MirrorClient
 from serving.mirror_process import MirrorSettings, poll_request_path
-from serving.mlflow_registry import MlflowRegistry
 from serving.version_cache import VerificationError, VersionCache
 
 log = logging.getLogger("serving.mirror")
@@ -51,7 +51,7 @@ class Mirror:
 
     def __init__(self, settings: MirrorSettings):
         self.settings = settings
-        self.registry = MlflowRegistry(settings.tracking_uri, settings.registry_uri)
+        self.registry = MirrorClient(settings.tracking_uri, settings.registry_uri)
         self.cache = VersionCache(settings.cache_dir)
         self.manifest = Path(settings.manifest)
         self.aliases: dict[str, dict] = {}  # alias -> {version, path, source, stale, reason}

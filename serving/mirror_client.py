@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-class MlflowRegistry:
-    """Resolve an alias to a version, download a version."""
+class MirrorClient:
+    """Resolve an alias to a version, download a version: all the mirror asks of MLflow."""
 
     def __init__(self, tracking_uri: str | None, registry_uri: str | None = None):
         self.tracking_uri = tracking_uri
