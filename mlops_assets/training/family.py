@@ -33,13 +33,21 @@ class ModelFamily(Protocol):
         """A fresh, untrained model; `hidden` are hidden-layer widths for families that have them."""
 
     def fit(
-        self, model: Any, prep: Preprocessing, train: pd.DataFrame, validation: pd.DataFrame, settings: FitSettings,
+        self,
+        model: Any,
+        prep: Preprocessing,
+        train: pd.DataFrame,
+        validation: pd.DataFrame,
+        settings: FitSettings,
         distillation: Distillation | None = None,
-    ) -> TrainResult: ...  # fmt: skip
+    ) -> TrainResult:
+        """Fit `model` in place, keeping the weights of its best validation epoch; `distillation` for a student."""
 
-    def predict(self, model: Any, prep: Preprocessing, frame: pd.DataFrame) -> np.ndarray: ...
+    def predict(self, model: Any, prep: Preprocessing, frame: pd.DataFrame) -> np.ndarray:
+        """P(late) per row of `frame`, as the exported ONNX file must reproduce it."""
 
-    def logits(self, model: Any, prep: Preprocessing, frame: pd.DataFrame) -> torch.Tensor: ...
+    def logits(self, model: Any, prep: Preprocessing, frame: pd.DataFrame) -> torch.Tensor:
+        """Scores before the sigmoid: a teacher's targets when a student is distilled."""
 
     def export_network(self, model: Any):
         """The model without the raw-column front-end, as an onnx.ModelProto (`numeric`, `categorical` in)."""
@@ -54,7 +62,7 @@ class ModelFamily(Protocol):
     def load(self, payload: dict) -> tuple[Any, Preprocessing]: ...
 
     def prune(self, model: Any, prep: Preprocessing, keep_fraction: float) -> Any:
-        """A smaller model keeping `keep_fraction` of what pruning removes; only if PRUNED is supported."""
+        """A smaller model keeping `keep_fraction` of its prunable units; called only when PRUNED is supported."""
 
 
 class TorchFamily:
