@@ -9,7 +9,7 @@ from mlops_assets.features_spec import TARGET
 from mlops_assets.training import onnx_export
 from mlops_assets.training.assets import PARITY_ROWS, parity_result, torch_parity
 from mlops_assets.training.families import Loaded
-from mlops_assets.training.publish import candidate_run, publish_candidate
+from mlops_assets.training.publish import publish_candidate
 from mlops_assets.training.values import Candidate, CandidateOutcome, Skipped, TrainedModel
 from resources import ArtifactStore, MlflowRegistry
 
@@ -55,16 +55,9 @@ def publish_float(
     val_auc = onnx_val_auc(onnx_bytes, validation)
     parameters = family.parameter_count(model)
 
-    run_id = candidate_run(registry, trained_model, candidate, params)
-    with registry.active_run(run_id=run_id):
-        import mlflow
-
-        for step, row in enumerate(history, start=1):
-            mlflow.log_metrics({k: v for k, v in row.items() if isinstance(v, float)}, step=step)
     value, paths = publish_candidate(
         candidate,
         onnx_bytes,
-        run_id=run_id,
         trained=trained_model,
         precision="float32",
         parameters=parameters,
@@ -79,12 +72,14 @@ def publish_float(
         example=validation,
         store=store,
         registry=registry,
+        params=params,
+        history=history,
         network=network_proto.SerializeToString(),
         checkpoint=family.save(model, loaded.prep),
     )
     metadata = {
         "path": dg.MetadataValue.path(paths["model.onnx"]),
-        "mlflow_run_id": run_id,
+        "mlflow_run_id": value.run_id,
         "model_uri": value.model_uri,
         "hidden": str(value.hidden),
         "parameters": parameters,

@@ -11,7 +11,7 @@ from mlops_assets.features_spec import TARGET
 from mlops_assets.metadata import readable
 from mlops_assets.training import families, onnx_export
 from mlops_assets.training.assets import PARITY_ROWS
-from mlops_assets.training.publish import candidate_run, publish_candidate
+from mlops_assets.training.publish import publish_candidate
 from mlops_assets.training.values import Candidate, TrainedModel
 from resources import ArtifactStore, MlflowRegistry
 
@@ -78,15 +78,9 @@ def _publish_int8(
     }
     val_auc = onnx_val_auc(onnx_bytes, validation)
 
-    run_id = candidate_run(registry, trained_model, candidate, {**params, "source": source.candidate})
-    with registry.active_run(run_id=run_id):
-        import mlflow
-
-        mlflow.set_tag("source_run_id", source.run_id)
     value, paths = publish_candidate(
         candidate,
         onnx_bytes,
-        run_id=run_id,
         trained=trained_model,
         precision="int8",
         parameters=source.parameters,
@@ -96,11 +90,12 @@ def _publish_int8(
         example=validation,
         store=store,
         registry=registry,
-        source=source.candidate,
+        params=params,
+        source=source,
     )
     metadata = {
         "path": dg.MetadataValue.path(paths["model.onnx"]),
-        "mlflow_run_id": run_id,
+        "mlflow_run_id": value.run_id,
         "model_uri": value.model_uri,
         "source": source.candidate,
         "size_bytes": len(onnx_bytes),

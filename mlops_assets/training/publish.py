@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -11,7 +13,7 @@ from mlops_assets.training.values import Candidate, TrainedModel
 from resources import ArtifactStore, MlflowRegistry
 
 
-def candidate_run(registry: MlflowRegistry, trained: TrainedModel, candidate: str, params: dict) -> str:
+def _candidate_run(registry: MlflowRegistry, trained: TrainedModel, candidate: str, params: dict) -> str:
     """A new MLflow run for `candidate`, nested under the training run and tagged with its lineage."""
     with registry.active_run(run_name=f"{candidate} {trained.train_months}") as run:
         import mlflow
@@ -77,7 +79,6 @@ def publish_candidate(
     candidate: str,
     onnx_bytes: bytes,
     *,
-    run_id: str,
     trained: TrainedModel,
     precision: str,
     parameters: int,
@@ -87,12 +88,30 @@ def publish_candidate(
     example: pd.DataFrame,
     store: ArtifactStore,
     registry: MlflowRegistry,
+    run_id: str | None = None,
+    params: dict | None = None,
+    history: Sequence[dict] = (),
     network: bytes | None = None,
     checkpoint: bytes | None = None,
-    source: str | None = None,
+    source: Candidate | None = None,
 ) -> tuple[Candidate, dict[str, str]]:
-    """Write the ONNX file (and, for float candidates, the bare network and checkpoint) under the run's
-    folder and log the model to `run_id`; returns the candidate and where each file landed, by name."""
+    """Publish one candidate: its MLflow run, its files in the store, its ONNX model logged to the run.
+
+    `run_id` None makes a new run nested under the training run with the lineage tags and `params`
+    (the baseline passes the training run itself); `history` rows become per-step metrics. Float
+    candidates bring the bare `network` and their `checkpoint`; an int8 candidate names its `source`.
+    Returns the candidate and where each file landed, by name.
+    """
+    if run_id is None:
+        named = {"source": source.candidate} if source else {}
+        run_id = _candidate_run(registry, trained, candidate, {**(params or {}), **named})
+    with registry.active_run(run_id=run_id):
+        import mlflow
+
+        if source is not None:
+            mlflow.set_tag("source_run_id", source.run_id)
+        for step, row in enumerate(history, start=1):
+            mlflow.log_metrics({k: v for k, v in row.items() if isinstance(v, float)}, step=step)
     files = {"model.onnx": onnx_bytes, "network.onnx": network, "checkpoint.pt": checkpoint}
     keys = {name: f"models/{run_id}/{name}" for name, data in files.items() if data is not None}
     paths = {name: store.write_bytes(key, files[name]) for name, key in keys.items()}
@@ -111,6 +130,6 @@ def publish_candidate(
         val_auc=val_auc,
         network_key=keys.get("network.onnx"),
         checkpoint_key=keys.get("checkpoint.pt"),
-        source=source,
+        source=source.candidate if source else None,
     )
     return value, paths
