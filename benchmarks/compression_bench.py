@@ -12,9 +12,10 @@ import dagster as dg
 from benchmarks.common import fresh_home, write_result
 from deploy.local import runs
 from mlops_assets.compression import quantization, scorecard
-from mlops_assets.compression.assets import StaticQuantizeConfig
+from mlops_assets.compression.int8 import StaticQuantizeConfig
 from mlops_assets.features.assets import load_features
-from mlops_assets.training import modeling
+from mlops_assets.training import families
+from mlops_assets.training.onnx_export import with_preprocessing
 from resources import local_resources
 from sensors.jobs import TRAINING_SELECTION
 
@@ -54,11 +55,11 @@ def int8_of_baseline(store, trained: dict, baseline: dict, month: str) -> dict[s
     """
     import onnx
 
-    _, prep = modeling.load_checkpoint(store.read_bytes(trained["checkpoint_key"]))
-    network = onnx.load_from_string(store.read_bytes(baseline["network_key"]))
+    prep = families.load_checkpoint(store.read_bytes(trained.checkpoint_key)).prep
+    network = onnx.load_from_string(store.read_bytes(baseline.network_key))
     static = StaticQuantizeConfig()
-    rows = store.read_frame(trained["training_data_key"]).sample(static.calibration_rows, random_state=7)
-    batches = [modeling.network_feeds(prep, rows.iloc[i : i + 256]) for i in range(0, len(rows), 256)]
+    rows = store.read_frame(trained.training_data_key).sample(static.calibration_rows, random_state=7)
+    batches = [prep.network_feeds(rows.iloc[i : i + 256]) for i in range(0, len(rows), 256)]
     models = {
         "int8_dynamic_of_baseline": quantization.quantize_dynamic_int8(network),
         "int8_static_of_baseline": quantization.quantize_static_int8(network, batches, op_types=static.op_types),
@@ -68,9 +69,9 @@ def int8_of_baseline(store, trained: dict, baseline: dict, month: str) -> dict[s
         rounds=SCORECARD["rounds"],
     )  # fmt: skip
     frame = load_features(store, [month])
-    files = {name: modeling.with_preprocessing(model, prep) for name, model in models.items()}
+    files = {name: with_preprocessing(model, prep) for name, model in models.items()}
     # The baseline again, next to them, so machine load changes between runs do not enter the ratios.
-    files["baseline"] = store.read_bytes(baseline["onnx_key"])
+    files["baseline"] = store.read_bytes(baseline.onnx_key)
     return scorecard.measure(files, frame, measurement, 0.048)
 
 
@@ -100,12 +101,12 @@ def main() -> None:
     if not run.asset_materializations_for_node("model_scorecard"):
         raise SystemExit("the training job failed before the scorecard; see the run in the Dagster UI")
     report = run.output_for_node("model_scorecard")
-    figures = report["figures"]
+    figures = report.figures
     rows = {name: ratios(figures, name) for name in CANDIDATES}
     print(table(rows))
     store = local_resources()["store"]
     trained, baseline = run.output_for_node("trained_model"), run.output_for_node("onnx_model")
-    isolated = int8_of_baseline(store, trained, baseline, report["month"])
+    isolated = int8_of_baseline(store, trained, baseline, report.month)
     isolated_rows = {name: ratios(isolated, name) for name in isolated if name != "baseline"}
     print(table(isolated_rows))
     outputs = {name: run.output_for_node(asset) for name, asset in (
@@ -116,23 +117,23 @@ def main() -> None:
         {
             "home": str(home),
             "command": "python -m benchmarks.compression_bench",
-            "held_out_month": report["month"],
-            "rows": report["rows"],
+            "held_out_month": report.month,
+            "rows": report.rows,
             "scorecard_config": SCORECARD,
             "ratios_vs_float32": rows,
             "int8_vs_its_float_source": {
-                name: ratios({**figures, "baseline": figures[outputs[name]["source"]]}, name)
+                name: ratios({**figures, "baseline": figures[outputs[name].source]}, name)
                 for name in ("int8_dynamic", "int8_static")
             },
             "int8_of_baseline_ratios_vs_float32": isolated_rows,
             "figures": figures,
             "int8_of_baseline_figures": isolated,
             "models": {
-                name: {k: out[k] for k in ("hidden", "parameters", "size_bytes", "val_auc", "precision")}
-                | ({"source": out["source"]} if "source" in out else {})
+                name: {k: getattr(out, k) for k in ("hidden", "parameters", "size_bytes", "val_auc", "precision")}
+                | ({"source": out.source} if out.source else {})
                 for name, out in outputs.items()
             },
-            "winner": {"profile": report["profile"], "candidate": report["winner"], "why": report["why"]},
+            "winner": {"profile": report.profile, "candidate": report.winner, "why": report.why},
             "training_job_wall_s": wall,
             "training_job_steps_s": {
                 s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(run.run_id)

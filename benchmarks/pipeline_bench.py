@@ -13,7 +13,9 @@ from benchmarks.common import fresh_home, write_result
 from deploy.local import demo
 from mlops_assets import onnx_metrics
 from mlops_assets.features.assets import load_features
-from mlops_assets.training import modeling
+from mlops_assets.training import families
+from mlops_assets.training.onnx_export import onnx_feeds
+from mlops_assets.training.values import TrainedModel
 
 
 def _rows_per_second(fn, rows: int, seconds: float = 1.0) -> float:
@@ -25,13 +27,14 @@ def _rows_per_second(fn, rows: int, seconds: float = 1.0) -> float:
     return calls * rows / (time.perf_counter() - start)
 
 
-def onnx_vs_eager(store, trained: dict, onnx_key: str, month: str, batch: int, rounds: int = 5) -> dict:
+def onnx_vs_eager(store, trained: TrainedModel, onnx_key: str, month: str, batch: int, rounds: int = 5) -> dict:
     """Interleaved rounds on one batch, so both engines see the same machine load; medians reported."""
-    network, prep = modeling.load_checkpoint(store.read_bytes(trained["checkpoint_key"]))
+    loaded = families.load_checkpoint(store.read_bytes(trained.checkpoint_key))
+    network, prep = loaded.model, loaded.prep
     frame = load_features(store, [month]).head(batch)
     numeric, categorical = torch.from_numpy(prep.numeric(frame)), torch.from_numpy(prep.categorical(frame))
     session = onnx_metrics.session(store.read_bytes(onnx_key))
-    feeds = modeling.onnx_feeds(frame)
+    feeds = onnx_feeds(frame)
 
     def eager():
         with torch.inference_mode():
@@ -61,7 +64,7 @@ def main() -> None:
 
     store = demo.local_resources()["store"]
     trained = run.training.output_for_node("trained_model")
-    onnx_key = run.training.output_for_node("onnx_model")["onnx_key"]
+    onnx_key = run.training.output_for_node("onnx_model").onnx_key
     write_result(
         "pipeline",
         {

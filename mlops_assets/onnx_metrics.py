@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_assets.features_spec import TARGET
-from mlops_assets.training.modeling import onnx_feeds
+from mlops_assets.training.onnx_export import onnx_feeds
 from serving.sessions import create_session, recorded_options
 
 

@@ -6,7 +6,7 @@ every other setting keeps its default.
 
 import dagster as dg
 
-from mlops_assets.compression.assets import ScorecardConfig
+from mlops_assets.compression.model_scorecard import ScorecardConfig
 from mlops_assets.evaluation.assets import EvaluationConfig
 from mlops_assets.months import RetrainingWindow
 from mlops_assets.training.training_data import TrainingDataConfig

@@ -94,12 +94,11 @@ def summary(run: DemoRun) -> list[str]:
     registered = run.training.output_for_node("registered_model")
     gate = _gate(run.training)
     champion = registry.version_by_alias(CHAMPION)
-    challenger = registered["evaluation"]["challenger"]
+    challenger, tags = registered.evaluation.challenger, registered.tags
     return [
-        f"scorecard ({registered['scorecard_profile']}): {registered['candidate']} won - "
-        f"{registered['scorecard_ranking']}",
-        f"challenger: {registry.model_name} v{registered['version']}, ROC AUC {challenger['auc']:.4f} on "
-        f"{registered['evaluation_month']} (MLflow run {registered['mlflow_run_id']})",
+        f"scorecard ({tags['scorecard_profile']}): {tags['candidate']} won - {tags['scorecard_ranking']}",
+        f"challenger: {registry.model_name} v{registered.version}, ROC AUC {challenger['auc']:.4f} on "
+        f"{tags['evaluation_month']} (MLflow run {tags['mlflow_run_id']})",
         f"promotion: {gate.metadata['decision'].value} - {gate.metadata['reason'].value}",
         f"champion now: v{champion.version if champion else 'none'}",
         f"batch predictions for 12 months: {resources['store'].root}/predictions/",

@@ -166,7 +166,7 @@ def run_monitoring_loop(
     registered = result.output_for_node("registered_model")
     now = registry.version_by_alias(CHAMPION)
     decision, reason = gate.metadata["decision"].value, gate.metadata["reason"].value
-    lines.append(f"  challenger v{registered['version']} {decision}: {reason}")
+    lines.append(f"  challenger v{registered.version} {decision}: {reason}")
     lines.append(f"  champion now v{now.version} (was v{champion.version})")
 
     # Close the loop: the newest month measured again against whichever model is champion now.

@@ -26,7 +26,7 @@ import pandas as pd
 from mlops_assets.deployment.assets import infer_inputs
 from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import ROW_KEY
-from mlops_assets.training.modeling import onnx_feeds
+from mlops_assets.training.onnx_export import onnx_feeds
 
 REPLAY_MONTH = "2013-12"
 REPLAY_ROWS = 3_000
@@ -65,7 +65,7 @@ def start_server(home: Path, log: Path, env: dict[str, str] | None = None) -> tu
     command = [sys.executable, "-m", "serving.server", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--metrics-port", str(http)]
     command += ["--http-port", "-1"]
-    # Real flights miss weather readings now and then; the model imputes NaN inside its graph (modeling.py).
+    # Real flights miss weather readings now and then; the model imputes NaN inside its graph (training/onnx_export.py).
     command += ["--nan-policy", "allow_nan"]
     if env is None:
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLOPS_SERVE_LOG_SHIP_TO")}

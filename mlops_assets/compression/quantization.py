@@ -1,7 +1,7 @@
 """int8 post-training quantization of the network part of a model with onnxruntime.quantization (no Dagster here).
 
 Only the network (`numeric`, `categorical` in; `probability` out) is quantized; the string front-end
-(LabelEncoder, Concat) is attached afterwards by `modeling.with_preprocessing`, so category lookup
+(LabelEncoder, Concat) is attached afterwards by `onnx_export.with_preprocessing`, so category lookup
 never passes through a quantizer and stays exact.
 """
 

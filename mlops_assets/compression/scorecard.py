@@ -22,7 +22,7 @@ import pandas as pd
 
 from mlops_assets import onnx_metrics
 from mlops_assets.features_spec import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGET
-from mlops_assets.training.modeling import onnx_feeds
+from mlops_assets.training.onnx_export import onnx_feeds
 
 AXES = ("accuracy", "latency", "throughput", "size", "memory", "robustness", "cost")
 UNSEEN = "__unseen__"  # a category no vocabulary holds; the graph maps it to UNKNOWN_CATEGORY

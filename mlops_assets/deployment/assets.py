@@ -8,7 +8,7 @@ import numpy as np
 from mlops_assets import onnx_metrics
 from mlops_assets.features.assets import load_features
 from mlops_assets.metadata import readable
-from mlops_assets.training.modeling import onnx_feeds
+from mlops_assets.training.onnx_export import onnx_feeds
 from resources import ArtifactStore, MlflowRegistry
 from resources.serving_endpoint import ServingEndpoint
 

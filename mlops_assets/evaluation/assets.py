@@ -1,8 +1,11 @@
 """evaluation_report: the challenger (the scorecard's winner) and the champion, side by side on one held-out month."""
 
+from dataclasses import dataclass
+
 import dagster as dg
 
 from mlops_assets import months, onnx_metrics
+from mlops_assets.compression.model_scorecard import Scorecard
 from mlops_assets.features.assets import load_features
 from mlops_assets.metadata import readable
 from resources import ArtifactStore, MlflowRegistry
@@ -28,6 +31,19 @@ class EvaluationConfig(dg.Config):
     throughput_batch: int = 256
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """The challenger's and the champion's figures (FIGURES keys) on the same held-out month."""
+
+    evaluation_month: str
+    rows: int
+    candidate: str
+    challenger: dict[str, float]
+    champion: dict[str, float] | None
+    champion_version: str | None
+    """The version holding alias `champion` when it was measured; None before the first promotion."""
+
+
 def comparison_table(challenger: dict, champion: dict | None) -> str:
     header = "| figure | challenger | champion |\n|---|---|---|\n"
     rows = [
@@ -43,22 +59,22 @@ def comparison_table(challenger: dict, champion: dict | None) -> str:
 def evaluation_report(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
-    model_scorecard: dict,
+    model_scorecard: Scorecard,
     store: ArtifactStore,
     registry: MlflowRegistry,
-) -> dg.Output[dict]:
+) -> dg.Output[Evaluation]:
     """How good and how fast the scorecard's winner is on a held-out month, next to today's champion."""
     frame = load_features(store, [config.evaluation_month])
 
     def measure(model: bytes) -> dict[str, float]:
         return onnx_metrics.evaluate(model, frame, config.latency_runs, config.throughput_batch)
 
-    winner = model_scorecard["winner_candidate"]
-    challenger = measure(store.read_bytes(winner["onnx_key"]))
+    winner = model_scorecard.winner_candidate
+    challenger = measure(store.read_bytes(winner.onnx_key))
     champion_version = registry.version_by_alias(CHAMPION)
     champion = measure(registry.onnx_bytes(champion_version.version)) if champion_version else None
 
-    with registry.active_run(run_id=winner["run_id"]):
+    with registry.active_run(run_id=winner.run_id):
         import mlflow
 
         mlflow.log_metrics({f"eval_{key}": challenger[key] for key, _ in FIGURES})
@@ -66,14 +82,14 @@ def evaluation_report(
             mlflow.log_metrics({f"champion_eval_{key}": champion[key] for key, _ in FIGURES})
         mlflow.set_tag("evaluation_month", config.evaluation_month)
 
-    report = {
-        "evaluation_month": config.evaluation_month,
-        "rows": len(frame),
-        "candidate": winner["candidate"],
-        "challenger": challenger,
-        "champion": champion,
-        "champion_version": str(champion_version.version) if champion_version else None,
-    }
+    report = Evaluation(
+        evaluation_month=config.evaluation_month,
+        rows=len(frame),
+        candidate=winner.candidate,
+        challenger=challenger,
+        champion=champion,
+        champion_version=str(champion_version.version) if champion_version else None,
+    )
     metadata = {key: challenger[key] for key, _ in FIGURES}
     if champion:
         metadata.update({f"champion_{key}": champion[key] for key, _ in FIGURES})
@@ -84,8 +100,8 @@ def evaluation_report(
                 **metadata,
                 "evaluation_month": config.evaluation_month,
                 "rows": len(frame),
-                "candidate": winner["candidate"],
-                "champion_version": report["champion_version"] or dg.MetadataValue.null(),
+                "candidate": winner.candidate,
+                "champion_version": report.champion_version or dg.MetadataValue.null(),
                 "comparison": dg.MetadataValue.md(comparison_table(challenger, champion)),
             }
         ),

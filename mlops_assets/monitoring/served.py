@@ -14,7 +14,7 @@ import pandas as pd
 from mlops_assets.features_spec import FEATURES, NUMERIC_FEATURES, ROW_KEY
 from serving.log_records import LoggedRequest
 
-SCORE_OUTPUT = "probability"  # the ONNX output every candidate has (mlops_assets/training/modeling.py)
+SCORE_OUTPUT = "probability"  # the ONNX output every candidate has (mlops_assets/training/onnx_export.py)
 SERVED_COLUMNS = [ROW_KEY, "model_version", "score", "time"]
 
 

@@ -7,11 +7,15 @@ whatever it is. A refusal is a decision, not a breakage: the gate reports it as 
 succeeds, and `champion_model` records that it kept the champion and why.
 """
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
 
+from mlops_assets.compression.model_scorecard import Scorecard
+from mlops_assets.evaluation.assets import Evaluation
 from mlops_assets.metadata import readable
+from mlops_assets.training.values import TrainedModel
 from resources import MlflowRegistry
 from resources.mlflow_registry import CHALLENGER, CHAMPION
 
@@ -26,26 +30,36 @@ class PromotionConfig(dg.Config):
 SCORECARD_SUMMARY = ("scorecard_profile", "scorecard_score", "scorecard_rank", "scorecard_why", "scorecard_ranking")
 
 
-def scorecard_tags(scorecard: dict) -> dict[str, str]:
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A registry version holding alias `challenger`, the tags written on it, and the evaluation behind them."""
+
+    version: str
+    tags: dict[str, str]
+    evaluation: Evaluation
+
+
+def scorecard_tags(scorecard: Scorecard) -> dict[str, str]:
     """The winner's scorecard as registry tags: its rank and score, every figure, the ranking, where the rest is."""
-    winner = scorecard["winner"]
-    figures = scorecard["figures"][winner]
-    verdict = next(r for r in scorecard["ranking"] if r["candidate"] == winner)
+    winner = scorecard.winner
+    figures = scorecard.figures[winner]
+    verdict = next(r for r in scorecard.ranking if r["candidate"] == winner)
     tags = {
         "candidate": winner,
-        "candidate_run_id": scorecard["winner_candidate"]["run_id"],
-        "scorecard_profile": scorecard["profile"],
-        "scorecard_month": scorecard["month"],
+        "candidate_run_id": scorecard.winner_candidate.run_id,
+        "family": scorecard.winner_candidate.family,
+        "scorecard_profile": scorecard.profile,
+        "scorecard_month": scorecard.month,
         "scorecard_score": f"{verdict['score']:.4f}",
-        "scorecard_rank": f"{verdict['rank']} of {len(scorecard['ranking'])}",
-        "scorecard_why": scorecard["why"],
+        "scorecard_rank": f"{verdict['rank']} of {len(scorecard.ranking)}",
+        "scorecard_why": scorecard.why,
         "scorecard_ranking": "; ".join(
             f"{r['rank']}. {r['candidate']} {r['score']:.3f}{'' if r['passed'] else ' rejected'}"
-            for r in scorecard["ranking"]
+            for r in scorecard.ranking
         ),
-        "scorecard_weights": ", ".join(f"{axis} {weight:g}" for axis, weight in scorecard["weights"].items()),
-        "scorecard_max_auc_loss": f"{scorecard['max_auc_loss']:g}",
-        "scorecard_artifact": scorecard["artifact_uri"],
+        "scorecard_weights": ", ".join(f"{axis} {weight:g}" for axis, weight in scorecard.weights.items()),
+        "scorecard_max_auc_loss": f"{scorecard.max_auc_loss:g}",
+        "scorecard_artifact": scorecard.artifact_uri,
     }
     tags.update(
         {f"scorecard_{key}": f"{value:.6g}" for key, value in figures.items() if isinstance(value, int | float)}
@@ -56,31 +70,31 @@ def scorecard_tags(scorecard: dict) -> dict[str, str]:
 @dg.asset(group_name="registry", kinds={"mlflow"})
 def registered_model(
     context: dg.AssetExecutionContext,
-    trained_model: dict,
-    model_scorecard: dict,
-    evaluation_report: dict,
+    trained_model: TrainedModel,
+    model_scorecard: Scorecard,
+    evaluation_report: Evaluation,
     registry: MlflowRegistry,
-) -> dg.Output[dict]:
+) -> dg.Output[RegisteredVersion]:
     """The scorecard's winner as a registry version with alias `challenger`, tagged with its lineage and scorecard."""
-    challenger = evaluation_report["challenger"]
-    winner = model_scorecard["winner_candidate"]
+    challenger = evaluation_report.challenger
+    winner = model_scorecard.winner_candidate
     tags = {
         # The training run: parameters, data hash and every candidate's run nested under it.
-        "mlflow_run_id": trained_model["run_id"],
-        "git_commit": trained_model["git_commit"],
-        "data_hash": trained_model["data_hash"],
-        "train_months": trained_model["train_months"],
-        "dagster_training_run_id": trained_model["dagster_run_id"],
+        "mlflow_run_id": trained_model.run_id,
+        "git_commit": trained_model.git_commit,
+        "data_hash": trained_model.data_hash,
+        "train_months": trained_model.train_months,
+        "dagster_training_run_id": trained_model.dagster_run_id,
         "dagster_registration_run_id": context.run_id,
-        "evaluation_month": evaluation_report["evaluation_month"],
+        "evaluation_month": evaluation_report.evaluation_month,
         "eval_auc": f"{challenger['auc']:.6f}",
         "eval_brier": f"{challenger['brier']:.6f}",
         **scorecard_tags(model_scorecard),
     }
-    version = str(registry.register(winner["model_uri"], tags).version)
+    version = str(registry.register(winner.model_uri, tags).version)
     registry.client().set_registered_model_alias(registry.model_name, CHALLENGER, version)
     return dg.Output(
-        {"version": version, **tags, "evaluation": evaluation_report},
+        RegisteredVersion(version, tags, evaluation_report),
         metadata=readable(
             {
                 "model_name": registry.model_name,
@@ -111,22 +125,24 @@ def decide(challenger_auc: float, champion_auc: float | None, config: PromotionC
     blocking=True,
     description="The challenger may become champion (a refusal warns: the champion stays).",
 )
-def promotion_gate(config: PromotionConfig, registered_model: dict, registry: MlflowRegistry) -> dg.AssetCheckResult:
-    report = registered_model["evaluation"]
-    version = registered_model["version"]
+def promotion_gate(
+    config: PromotionConfig, registered_model: RegisteredVersion, registry: MlflowRegistry
+) -> dg.AssetCheckResult:
+    report = registered_model.evaluation
+    version = registered_model.version
     current = registry.version_by_alias(CHAMPION)
     current_version = str(current.version) if current else None
-    champion_auc = report["champion"]["auc"] if report["champion"] else None
-    if current_version != report["champion_version"]:
+    champion_auc = report.champion["auc"] if report.champion else None
+    if current_version != report.champion_version:
         passed, reason = (
             False,
             (
-                f"champion moved to {current_version} after the evaluation against {report['champion_version']}; "
+                f"champion moved to {current_version} after the evaluation against {report.champion_version}; "
                 "re-run evaluation_report"
             ),
         )
     else:
-        passed, reason = decide(report["challenger"]["auc"], champion_auc, config)
+        passed, reason = decide(report.challenger["auc"], champion_auc, config)
     decision = "approved" if passed else "refused"
     registry.tag_version(
         version,
@@ -147,7 +163,7 @@ def promotion_gate(config: PromotionConfig, registered_model: dict, registry: Ml
                 "reason": reason,
                 "challenger_version": version,
                 "champion_version": current_version or dg.MetadataValue.null(),
-                "challenger_auc": report["challenger"]["auc"],
+                "challenger_auc": report.challenger["auc"],
                 "champion_auc": champion_auc if champion_auc is not None else dg.MetadataValue.null(),
                 "auc_margin": config.auc_margin,
                 "auc_floor": config.auc_floor,
@@ -158,12 +174,12 @@ def promotion_gate(config: PromotionConfig, registered_model: dict, registry: Ml
 
 @dg.asset(group_name="registry", kinds={"mlflow"})
 def champion_model(
-    context: dg.AssetExecutionContext, registered_model: dict, registry: MlflowRegistry
+    context: dg.AssetExecutionContext, registered_model: RegisteredVersion, registry: MlflowRegistry
 ) -> dg.Output[dict]:
     """The registry version serving traffic: alias `champion`, moved here only when the gate approved.
 
     A refused challenger leaves the champion where it was; this asset then records what was kept and why."""
-    challenger = registered_model["version"]
+    challenger = registered_model.version
     client = registry.client()
     tags = client.get_model_version(registry.model_name, challenger).tags
     previous = registry.version_by_alias(CHAMPION)

@@ -1,31 +1,42 @@
-"""trained_model and onnx_model: a seeded PyTorch network and its self-contained ONNX export."""
+"""trained_model and onnx_model: a seeded model of the configured family and its self-contained ONNX export."""
+
+import dataclasses
 
 import dagster as dg
 import numpy as np
-import pandas as pd
 
 from mlops_assets import onnx_metrics
 from mlops_assets.features.assets import load_features
-from mlops_assets.features_spec import FEATURES
 from mlops_assets.lineage import git_commit
 from mlops_assets.metadata import readable
-from mlops_assets.training import modeling
+from mlops_assets.training import families, onnx_export
+from mlops_assets.training.families import Loaded
+from mlops_assets.training.fit_loop import FitSettings
+from mlops_assets.training.publish import publish_candidate
 from mlops_assets.training.training_data import TrainingData
+from mlops_assets.training.values import TrainedModel
 from resources import ArtifactStore, MlflowRegistry
 
 PARITY_TOLERANCE = 1e-5
+PARITY_ROWS = 2000  # validation rows every float parity check compares on
 
 
 class TrainConfig(dg.Config):
-    """How the network learns; which rows it learns from is training_data's config."""
+    """How the model learns; which rows it learns from is training_data's config."""
 
+    family: str = "mlp"
+    """Model family, a key of `mlops_assets.training.families.FAMILIES` ('mlp', 'logistic')."""
     epochs: int = 4
     """Passes over the training months; the weights of the best validation epoch are kept."""
     batch_size: int = 512
     learning_rate: float = 1e-3
     hidden: list[int] = [512, 512, 256]
-    """Width of each hidden layer; wide enough that compression has arithmetic to save on a CPU."""
+    """Width of each hidden layer (families with hidden layers); wide enough that compression has arithmetic to
+    save on a CPU."""
     seed: int = 7
+
+    def settings(self) -> FitSettings:
+        return FitSettings(self.epochs, self.batch_size, self.learning_rate, self.seed)
 
 
 @dg.asset(group_name="training", kinds={"pytorch", "mlflow"})
@@ -35,19 +46,16 @@ def trained_model(
     training_data: TrainingData,
     store: ArtifactStore,
     registry: MlflowRegistry,
-) -> dg.Output[dict]:
-    """The flight-delay network trained on the audited training rows, tracked as an MLflow run."""
+) -> dg.Output[TrainedModel]:
+    """The configured model family trained on the audited training rows, tracked as an MLflow run."""
+    try:
+        family = families.family(config.family)
+    except ValueError as error:
+        raise dg.Failure(str(error)) from error
     train_frame = store.read_frame(training_data.key)
     validation_frame = load_features(store, [training_data.validation_month])
-    net = modeling.NetConfig(hidden=tuple(config.hidden))
-    result = modeling.train(
-        train_frame,
-        validation_frame,
-        net=net,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        seed=config.seed,
+    result = families.train(
+        config.family, train_frame, validation_frame, hidden=tuple(config.hidden), settings=config.settings()
     )
     lineage = {
         "git_commit": git_commit(),
@@ -68,31 +76,33 @@ def trained_model(
                 "served_share": round(training_data.served_share, 4),
             }
         )
-        mlflow.set_tags(lineage)
+        mlflow.set_tags({**lineage, "family": config.family})
         for row in result.history:
             mlflow.log_metrics({"train_loss": row["train_loss"], "val_auc": row["val_auc"]}, step=int(row["epoch"]))
         run_id = run.info.run_id
     checkpoint_key = f"models/{run_id}/checkpoint.pt"
-    store.write_bytes(checkpoint_key, modeling.save_checkpoint(result, net))
+    store.write_bytes(checkpoint_key, family.save(result.model, result.prep))
     best = result.history[result.best_epoch - 1]
-    info = {
-        "run_id": run_id,
-        "checkpoint_key": checkpoint_key,
-        "training_data_key": training_data.key,
-        "val_auc": best["val_auc"],
-        "hidden": list(config.hidden),
-        "parameters": modeling.parameter_count(result.model),
+    value = TrainedModel(
+        family=config.family,
+        run_id=run_id,
+        checkpoint_key=checkpoint_key,
+        training_data_key=training_data.key,
+        val_auc=best["val_auc"],
+        hidden=family.widths(result.model),
+        parameters=family.parameter_count(result.model),
         **lineage,
-    }
+    )
     return dg.Output(
-        info,
+        value,
         metadata=readable(
             {
                 "mlflow_run_id": run_id,
+                "family": config.family,
                 "val_auc": best["val_auc"],
                 "best_epoch": result.best_epoch,
                 "train_rows": len(train_frame),
-                "parameters": info["parameters"],
+                "parameters": value.parameters,
                 "data_hash": lineage["data_hash"],
                 "git_commit": lineage["git_commit"],
                 "history": dg.MetadataValue.md(
@@ -106,118 +116,71 @@ def trained_model(
     )
 
 
-def torch_parity(network: modeling.FlightDelayNet, prep: modeling.Preprocessing, onnx_bytes: bytes, rows) -> float:
-    """Largest absolute difference between onnxruntime's and PyTorch's probabilities on `rows`."""
+def torch_parity(loaded: Loaded, onnx_bytes: bytes, rows) -> float:
+    """Largest absolute difference between onnxruntime's and the family's own probabilities on `rows`."""
     session = onnx_metrics.session(onnx_bytes)
-    onnx_scores = session.run(["probability"], modeling.onnx_feeds(rows))[0].reshape(-1)
-    return float(np.abs(onnx_scores - modeling.predict(network, prep, rows)).max())
+    onnx_scores = session.run(["probability"], onnx_export.onnx_feeds(rows))[0].reshape(-1)
+    return float(np.abs(onnx_scores - loaded.family.predict(loaded.model, loaded.prep, rows)).max())
 
 
-def mlflow_signature(onnx_bytes: bytes):
-    """The graph's inputs and outputs as an MLflow tensor signature. With it, MLflow's own tools take a
-    DataFrame of raw feature columns: pyfunc reshapes each column to the [rows, 1] tensor the graph
-    wants, so `pyfunc.load_model(...).predict(df)` and `mlflow models serve` work on the same file."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    session = onnx_metrics.session(onnx_bytes)
-
-    def spec(arg) -> TensorSpec:
-        dtype = np.dtype(object) if arg.type == "tensor(string)" else np.dtype(np.float32)
-        return TensorSpec(dtype, tuple(-1 if not isinstance(d, int) else d for d in arg.shape), arg.name)
-
-    return ModelSignature(
-        inputs=Schema([spec(i) for i in session.get_inputs()]),
-        outputs=Schema([spec(o) for o in session.get_outputs()]),
+def parity_spec(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        "onnx_parity",
+        asset=asset,
+        blocking=True,
+        description=f"ONNX and the trained model agree on real rows to max abs diff {PARITY_TOLERANCE}.",
     )
 
 
-def log_onnx(
-    registry: MlflowRegistry, run_id: str, onnx_bytes: bytes, metrics: dict[str, float], example: pd.DataFrame
-) -> str:
-    """Log an ONNX file as the `model` of an MLflow run, as one file for the CPU, with its signature and
-    `example` (raw feature rows) as input example; returns its model URI."""
-    with registry.active_run(run_id=run_id):
-        import mlflow
-        import onnx
-        import onnxruntime
-
-        logged = mlflow.onnx.log_model(
-            onnx.load_from_string(onnx_bytes),
-            name="model",
-            save_as_external_data=False,
-            onnx_execution_providers=["CPUExecutionProvider"],
-            signature=mlflow_signature(onnx_bytes),
-            input_example=example[list(FEATURES)].head(2),
-            # Stated, not inferred: inference loads the model in a subprocess, ~4 s per model, and
-            # would find the same two packages.
-            pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-        )
-        mlflow.log_metrics(metrics)
-    return logged.model_uri
+def parity_result(max_diff: float, rows: int) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name="onnx_parity",
+        passed=max_diff <= PARITY_TOLERANCE,
+        metadata=readable({"max_abs_diff": max_diff, "tolerance": PARITY_TOLERANCE, "rows": rows}),
+    )
 
 
-@dg.asset(
-    group_name="training",
-    kinds={"onnx", "mlflow"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            "onnx_parity",
-            asset="onnx_model",
-            blocking=True,
-            description=f"ONNX and PyTorch agree on real rows to max abs diff {PARITY_TOLERANCE}.",
-        )
-    ],
-)
+@dg.asset(group_name="training", kinds={"onnx", "mlflow"}, check_specs=[parity_spec("onnx_model")])
 def onnx_model(
-    context: dg.AssetExecutionContext, trained_model: dict, store: ArtifactStore, registry: MlflowRegistry
-) -> dg.Output[dict]:
-    """The trained network as one ONNX file: raw feature columns in, probability of delay out.
+    context: dg.AssetExecutionContext, trained_model: TrainedModel, store: ArtifactStore, registry: MlflowRegistry
+):
+    """The trained model as one ONNX file: raw feature columns in, probability of delay out.
 
     It is also the float32 baseline every compressed candidate is scored against.
     """
-    network, prep = modeling.load_checkpoint(store.read_bytes(trained_model["checkpoint_key"]))
-    network_proto = modeling.export_network(network)
-    onnx_bytes = modeling.with_preprocessing(network_proto, prep)
-    rows = load_features(store, [trained_model["validation_month"]]).head(2000)
-    max_diff = torch_parity(network, prep, onnx_bytes, rows)
-
-    run_id = trained_model["run_id"]
-    key = f"models/{run_id}/model.onnx"
-    path = store.write_bytes(key, onnx_bytes)
-    # The network without the string front-end: what the int8 quantizers start from.
-    network_key = f"models/{run_id}/network.onnx"
-    network_path = store.write_bytes(network_key, network_proto.SerializeToString())
-    model_uri = log_onnx(registry, run_id, onnx_bytes, {"onnx_parity_max_abs_diff": max_diff}, rows)
-    info = {
-        "candidate": "baseline",
-        "precision": "float32",
-        "run_id": run_id,
-        "training_run_id": run_id,
-        "onnx_key": key,
-        "network_key": network_key,
-        "checkpoint_key": trained_model["checkpoint_key"],
-        "model_uri": model_uri,
-        "size_bytes": len(onnx_bytes),
-        "parameters": modeling.parameter_count(network),
-        "hidden": list(network.config.hidden),
-        "val_auc": trained_model["val_auc"],
-    }
+    loaded = families.load_checkpoint(store.read_bytes(trained_model.checkpoint_key))
+    network_proto = loaded.family.export_network(loaded.model)
+    onnx_bytes = onnx_export.with_preprocessing(network_proto, loaded.prep)
+    rows = load_features(store, [trained_model.validation_month]).head(PARITY_ROWS)
+    max_diff = torch_parity(loaded, onnx_bytes, rows)
+    candidate, paths = publish_candidate(
+        "baseline",
+        onnx_bytes,
+        run_id=trained_model.run_id,  # the baseline is the training run's own model
+        trained=trained_model,
+        precision="float32",
+        parameters=trained_model.parameters,
+        hidden=trained_model.hidden,
+        val_auc=trained_model.val_auc,
+        metrics={"onnx_parity_max_abs_diff": max_diff},
+        example=rows,
+        store=store,
+        registry=registry,
+        network=network_proto.SerializeToString(),
+    )
+    candidate = dataclasses.replace(candidate, checkpoint_key=trained_model.checkpoint_key)
     yield dg.Output(
-        info,
+        candidate,
         metadata=readable(
             {
-                "path": dg.MetadataValue.path(path),
-                "network_path": dg.MetadataValue.path(network_path),
-                "model_uri": model_uri,
-                "size_bytes": len(onnx_bytes),
-                "parameters": info["parameters"],
+                "path": dg.MetadataValue.path(paths["model.onnx"]),
+                "network_path": dg.MetadataValue.path(paths["network.onnx"]),
+                "family": trained_model.family,
+                "model_uri": candidate.model_uri,
+                "size_bytes": candidate.size_bytes,
+                "parameters": candidate.parameters,
                 "inputs": ", ".join(i.name for i in onnx_metrics.session(onnx_bytes).get_inputs()),
             }
         ),
     )
-    yield dg.AssetCheckResult(
-        check_name="onnx_parity",
-        passed=max_diff <= PARITY_TOLERANCE,
-        metadata=readable({"max_abs_diff": max_diff, "tolerance": PARITY_TOLERANCE, "rows": len(rows)}),
-    )
+    yield parity_result(max_diff, len(rows))

@@ -140,8 +140,8 @@ def test_asset_values_and_files_are_objects_in_the_bucket(stack):
     assert {f"{PREFIX}/io/{asset}" for asset in CHAIN} <= values
     files = _keys(stack, f"{PREFIX}/artifacts/")
     assert {f"{PREFIX}/artifacts/features/{month}.parquet" for month in MONTHS} <= files
-    assert f"{PREFIX}/artifacts/{training.output_for_node('trained_model')['checkpoint_key']}" in files
-    onnx_key = training.output_for_node("onnx_model")["onnx_key"]
+    assert f"{PREFIX}/artifacts/{training.output_for_node('trained_model').checkpoint_key}" in files
+    onnx_key = training.output_for_node("onnx_model").onnx_key
     assert f"{PREFIX}/artifacts/{onnx_key}" in files
     # The Parquet in S3 is what validated_features wrote: readable, with the label column.
     frame = stack["store"].read_frame(f"features/{MONTHS[0]}.parquet")
@@ -184,9 +184,9 @@ def test_the_champion_is_registered_on_the_tracking_server_with_its_onnx_in_s3(s
     registry = stack["registry"]
     assert registry.tracking_uri == stack["tracking_uri"]
     champion = registry.version_by_alias("champion")
-    assert champion is not None and str(champion.version) == str(registered["version"]) == "1"
+    assert champion is not None and str(champion.version) == str(registered.version) == "1"
     client = MlflowClient(tracking_uri=stack["tracking_uri"])
-    run = client.get_run(registered["mlflow_run_id"])
+    run = client.get_run(registered.tags["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
     # The same facts in the server's Postgres database.
     with stack["postgres"].connect(stack["mlflow_db"]) as connection, connection.cursor() as cursor:

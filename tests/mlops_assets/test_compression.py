@@ -11,11 +11,15 @@ import torch
 from mlflow import MlflowClient
 
 from mlops_assets.compression import scorecard
-from mlops_assets.compression.assets import ScorecardConfig
+from mlops_assets.compression.model_scorecard import ScorecardConfig
 from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from mlops_assets.months import held_out
-from mlops_assets.training import modeling
+from mlops_assets.training import families
+from mlops_assets.training.fit_loop import parameter_count, predict
+from mlops_assets.training.mlp import FlightDelayNet, NetConfig, prune_hidden_units
+from mlops_assets.training.onnx_export import export_network, with_preprocessing
+from mlops_assets.training.preprocessing import Preprocessing
 from resources import local_resources
 from resources.mlflow_registry import CHALLENGER
 from sensors.jobs import TRAINING_SELECTION
@@ -61,12 +65,12 @@ def test_pruning_removes_units_so_parameters_and_file_shrink(pipeline):
     result, resources = pipeline
     out = _outputs(result)
     baseline, pruned = out["onnx_model"], out["pruned_model"]
-    assert pruned["hidden"] == [32, 16]  # [64, 32] x 0.5, in two steps of x sqrt(0.5)
-    assert pruned["parameters"] < baseline["parameters"]
-    assert pruned["size_bytes"] < baseline["size_bytes"]
+    assert pruned.hidden == [32, 16]  # [64, 32] x 0.5, in two steps of x sqrt(0.5)
+    assert pruned.parameters < baseline.parameters
+    assert pruned.size_bytes < baseline.size_bytes
     store = resources["store"]
-    shapes = _weight_shapes(store.read_bytes(pruned["onnx_key"]))
-    assert [s[0] for s in shapes[:-1]] == pruned["hidden"]  # the exported matrices really are smaller
+    shapes = _weight_shapes(store.read_bytes(pruned.onnx_key))
+    assert [s[0] for s in shapes[:-1]] == pruned.hidden  # the exported matrices really are smaller
     assert _check(result, "pruned_model").passed
     steps = result.asset_materializations_for_node("pruned_model")[0].metadata["steps"].value
     assert steps.count("\n") == 3  # header, rule, two steps
@@ -75,13 +79,13 @@ def test_pruning_removes_units_so_parameters_and_file_shrink(pipeline):
 def test_removing_units_without_outgoing_weights_leaves_predictions_unchanged():
     """Structured pruning slices the right rows and columns: units that pass nothing on go, nothing else changes."""
     rng = np.random.default_rng(0)
-    prep = modeling.Preprocessing(
+    prep = Preprocessing(
         numeric_mean=[0.0] * len(NUMERIC_FEATURES),
         numeric_std=[1.0] * len(NUMERIC_FEATURES),
         vocabularies={c: ["a", "b", "c"] for c in CATEGORICAL_FEATURES},
     )
     torch.manual_seed(0)
-    network = modeling.FlightDelayNet(prep, modeling.NetConfig(hidden=(8, 4)))
+    network = FlightDelayNet(prep, NetConfig(hidden=(8, 4)))
     first, second, output = network.linears()
     with torch.no_grad():
         second.weight[:, [1, 3, 4, 6]] = 0.0  # four units of the first layer feed nothing on
@@ -89,25 +93,23 @@ def test_removing_units_without_outgoing_weights_leaves_predictions_unchanged():
     frame = pd.DataFrame({c: rng.normal(size=64) for c in NUMERIC_FEATURES})
     frame = frame.assign(**{c: rng.choice(["a", "b", "c", "new"], 64) for c in CATEGORICAL_FEATURES})
 
-    pruned = modeling.prune_hidden_units(network, prep, keep_fraction=0.5)
+    pruned = prune_hidden_units(network, prep, keep_fraction=0.5)
 
     assert pruned.config.hidden == (4, 2)
-    assert modeling.parameter_count(pruned) < modeling.parameter_count(network)
-    np.testing.assert_allclose(
-        modeling.predict(pruned, prep, frame), modeling.predict(network, prep, frame), rtol=0, atol=1e-6
-    )
+    assert parameter_count(pruned) < parameter_count(network)
+    np.testing.assert_allclose(predict(pruned, prep, frame), predict(network, prep, frame), rtol=0, atol=1e-6)
 
 
 def test_student_is_smaller_than_its_teacher_and_tracked_under_the_training_run(pipeline):
     result, resources = pipeline
     out = _outputs(result)
     teacher, student = out["onnx_model"], out["student_model"]
-    assert student["hidden"] == [16, 8]  # the teacher's widths x width_fraction 0.25
-    assert student["parameters"] < teacher["parameters"]
-    assert student["size_bytes"] < teacher["size_bytes"]
+    assert student.hidden == [16, 8]  # the teacher's widths x width_fraction 0.25
+    assert student.parameters < teacher.parameters
+    assert student.size_bytes < teacher.size_bytes
     assert _check(result, "student_model").passed
-    run = MlflowClient(resources["registry"].tracking_uri).get_run(student["run_id"])
-    assert run.data.tags["mlflow.parentRunId"] == teacher["run_id"]
+    run = MlflowClient(resources["registry"].tracking_uri).get_run(student.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == teacher.run_id
     assert run.data.tags["candidate"] == "student" and run.data.tags["train_months"] == "2013-01"
     assert float(run.data.params["temperature"]) == 2.0
 
@@ -116,18 +118,18 @@ def test_both_int8_models_are_smaller_than_float32_and_within_the_auc_tolerance(
     result, resources = pipeline
     out = _outputs(result)
     source = result.output_for_node("best_float_model")
-    figures = result.output_for_node("model_scorecard")["figures"]
+    figures = result.output_for_node("model_scorecard").figures
     store = resources["store"]
     for asset, name in (("int8_dynamic_model", "int8_dynamic"), ("int8_static_model", "int8_static")):
         int8 = out[asset]
-        assert int8["source"] == source["candidate"]
-        assert int8["size_bytes"] < source["size_bytes"] <= out["onnx_model"]["size_bytes"]
-        assert abs(figures[name]["auc"] - figures[source["candidate"]]["auc"]) <= INT8_AUC_TOLERANCE
+        assert int8.source == source.candidate
+        assert int8.size_bytes < source.size_bytes <= out["onnx_model"].size_bytes
+        assert abs(figures[name]["auc"] - figures[source.candidate]["auc"]) <= INT8_AUC_TOLERANCE
         parity = _check(result, asset)
         assert parity.passed
         assert parity.metadata["mean_abs_diff"].value <= parity.metadata["mean_tolerance"].value
         assert parity.metadata["auc_abs_diff"].value <= parity.metadata["auc_tolerance"].value
-        graph = onnx.load_from_string(store.read_bytes(int8["onnx_key"])).graph
+        graph = onnx.load_from_string(store.read_bytes(int8.onnx_key)).graph
         ops = [n.op_type for n in graph.node]
         assert ops.count("LabelEncoder") == 3  # the string front-end is attached after quantization, unquantized
         assert [o.name for o in graph.output] == ["probability"]
@@ -190,17 +192,18 @@ def test_floor_rejects_a_copy_with_corrupted_weights_measured_for_real(pipeline)
     store = resources["store"]
     pruned = result.output_for_node("pruned_model")
     report = result.output_for_node("model_scorecard")
-    network, prep = modeling.load_checkpoint(store.read_bytes(pruned["checkpoint_key"]))
+    loaded = families.load_checkpoint(store.read_bytes(pruned.checkpoint_key))
+    network, prep = loaded.model, loaded.prep
     with torch.no_grad():
         network.linears()[-1].weight.neg_()  # flips every score's ranking: AUC becomes 1 - AUC
-    frame = load_features(store, [report["month"]])
+    frame = load_features(store, [report.month])
     corrupted = scorecard.measure(
-        {"corrupted": modeling.export_onnx(network, prep)},
+        {"corrupted": with_preprocessing(export_network(network), prep)},
         frame,
         scorecard.Measurement(latency_runs=50, throughput_repeats=10, rounds=1),
         price_per_vcpu_hour=0.048,
     )["corrupted"]
-    figures = {"baseline": report["figures"]["baseline"], "corrupted": corrupted}
+    figures = {"baseline": report.figures["baseline"], "corrupted": corrupted}
     assert corrupted["auc"] < 0.5 < figures["baseline"]["auc"]
     size_only = {"size": 1.0}  # the corrupted copy is the smaller file: it wins when accuracy has no floor
     assert scorecard.choose(figures, size_only, baseline="baseline", max_auc_loss=1.0)[0].name == "corrupted"
@@ -213,26 +216,26 @@ def test_registered_challenger_is_the_winner_and_carries_its_scorecard(pipeline)
     result, resources = pipeline
     registry = resources["registry"]
     report = result.output_for_node("model_scorecard")
-    winner = report["winner"]
-    version = result.output_for_node("registered_model")["version"]
+    winner = report.winner
+    version = result.output_for_node("registered_model").version
     assert str(registry.version_by_alias(CHALLENGER).version) == version
     tags = registry.client().get_model_version(registry.model_name, version).tags
     assert tags["candidate"] == winner
-    assert tags["candidate_run_id"] == report["winner_candidate"]["run_id"]
+    assert tags["candidate_run_id"] == report.winner_candidate.run_id
     assert tags["scorecard_profile"] == "realtime" and tags["scorecard_month"] == "2013-03"
     assert tags["scorecard_rank"] == "1 of 5"
-    assert float(tags["scorecard_auc"]) == pytest.approx(report["figures"][winner]["auc"], abs=1e-5)
+    assert float(tags["scorecard_auc"]) == pytest.approx(report.figures[winner]["auc"], abs=1e-5)
     for key in ("latency_p99_ms_one_thread", "rows_per_s_all_threads", "size_bytes", "peak_memory_mb",
                 "auc_noise", "auc_unseen", "cost_per_1k_usd_one_thread"):  # fmt: skip
         assert f"scorecard_{key}" in tags
-    assert all(name in tags["scorecard_ranking"] for name in report["figures"])
-    assert tags["mlflow_run_id"] == result.output_for_node("trained_model")["run_id"]
-    assert registry.onnx_bytes(version) == resources["store"].read_bytes(report["winner_candidate"]["onnx_key"])
+    assert all(name in tags["scorecard_ranking"] for name in report.figures)
+    assert tags["mlflow_run_id"] == result.output_for_node("trained_model").run_id
+    assert registry.onnx_bytes(version) == resources["store"].read_bytes(report.winner_candidate.onnx_key)
     evaluation = result.output_for_node("evaluation_report")
-    assert evaluation["candidate"] == winner
-    assert float(tags["eval_auc"]) == pytest.approx(evaluation["challenger"]["auc"], abs=1e-6)
+    assert evaluation.candidate == winner
+    assert float(tags["eval_auc"]) == pytest.approx(evaluation.challenger["auc"], abs=1e-6)
 
-    artifacts = MlflowClient(registry.tracking_uri).list_artifacts(report["winner_candidate"]["training_run_id"],
+    artifacts = MlflowClient(registry.tracking_uri).list_artifacts(report.winner_candidate.training_run_id,
                                                                      "scorecard")  # fmt: skip
     assert {a.path for a in artifacts} == {"scorecard/realtime.md", "scorecard/realtime.png", "scorecard/realtime.json"}
 
@@ -259,7 +262,7 @@ def test_the_default_held_out_month_is_outside_the_training_window():
 
 def test_memory_is_measured_in_a_fresh_process(pipeline):
     result, _ = pipeline
-    figures = result.output_for_node("model_scorecard")["figures"]
+    figures = result.output_for_node("model_scorecard").figures
     for name, f in figures.items():
         assert f["memory_method"] == "VmHWM", name
         assert 0 < f["peak_memory_mb"] < 500, name

@@ -5,7 +5,7 @@ import pytest
 
 from mlops_assets.features.assets import load_features
 from mlops_assets.inference.assets import predictions_key
-from mlops_assets.training.modeling import onnx_feeds
+from mlops_assets.training.onnx_export import onnx_feeds
 from resources.mlflow_registry import CHAMPION
 from sensors.jobs import TRAINING_SELECTION
 from tests.conftest import materialize

@@ -40,15 +40,15 @@ def test_first_model_is_evaluated_registered_and_promoted_over_the_floor(first, 
     assert 0 < report["brier"].value < 0.25
     assert 0 < report["latency_p50_ms"].value <= report["latency_p99_ms"].value
     assert report["throughput_rows_per_s"].value > 1000
-    winner = first.output_for_node("model_scorecard")["winner_candidate"]
-    assert report["size_bytes"].value == winner["size_bytes"]
+    winner = first.output_for_node("model_scorecard").winner_candidate
+    assert report["size_bytes"].value == winner.size_bytes
     assert "| ROC AUC |" in report["comparison"].value and "champion_auc" not in report
 
-    version = first.output_for_node("registered_model")["version"]
+    version = first.output_for_node("registered_model").version
     assert str(registry.version_by_alias(CHAMPION).version) == version
     assert str(registry.version_by_alias(CHALLENGER).version) == version
     tags = registry.client().get_model_version(registry.model_name, version).tags
-    assert tags["mlflow_run_id"] == first.output_for_node("trained_model")["run_id"]
+    assert tags["mlflow_run_id"] == first.output_for_node("trained_model").run_id
     assert len(tags["data_hash"]) == 64 and tags["train_months"] == "2013-01"
     assert tags["promotion_decision"] == "approved" and "floor" in tags["promotion_reason"]
     assert _gate(first).metadata["decision"].value == "approved"
@@ -56,7 +56,7 @@ def test_first_model_is_evaluated_registered_and_promoted_over_the_floor(first, 
 
 def test_gate_refuses_a_worse_challenger_and_the_champion_stays(first, resources):
     registry = resources["registry"]
-    champion = first.output_for_node("registered_model")["version"]
+    champion = first.output_for_node("registered_model").version
 
     # learning_rate 0 leaves every candidate at its random initial weights: AUC near 0.5.
     second = _run(resources, candidates_learn=False, learning_rate=0.0)
@@ -70,7 +70,7 @@ def test_gate_refuses_a_worse_challenger_and_the_champion_stays(first, resources
     assert gate.metadata["challenger_auc"].value < gate.metadata["champion_auc"].value - 0.005
     report = second.asset_materializations_for_node("evaluation_report")[0].metadata
     assert report["champion_auc"].value == pytest.approx(gate.metadata["champion_auc"].value)
-    challenger = second.output_for_node("registered_model")["version"]
+    challenger = second.output_for_node("registered_model").version
     kept = second.asset_materializations_for_node("champion_model")[0].metadata
     assert kept["decision"].value == "kept" and kept["version"].value == champion
     assert kept["summary"].value.startswith(f"kept v{champion}, refused v{challenger}: AUC")
@@ -87,7 +87,7 @@ def test_equal_challenger_is_promoted_against_the_champion(first, resources):
     assert "champion" in _gate(second).metadata["reason"].value
     assert (
         str(resources["registry"].version_by_alias(CHAMPION).version)
-        == second.output_for_node("registered_model")["version"]
+        == second.output_for_node("registered_model").version
     )
 
 

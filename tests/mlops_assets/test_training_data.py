@@ -97,7 +97,7 @@ def test_feedback_training_uses_served_rows_and_arrived_outcomes(resources):
     value = result.output_for_node("training_data")
     assert value.label_coverage == 1.0 and value.served_share == pytest.approx(len(served) / value.rows)
     assert all(c.passed for c in _checks(result).values())
-    assert result.output_for_node("trained_model")["training_data_key"] == value.key
+    assert result.output_for_node("trained_model").training_data_key == value.key
     assert len(resources["store"].read_frame(value.key)) == value.rows
 
 
