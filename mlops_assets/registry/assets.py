@@ -156,7 +156,8 @@ def promotion_gate(config: PromotionConfig, registered_model: dict, registry: Ml
     )
 
 
-@dg.asset(group_name="registry", kinds={"mlflow"})
+# load_test: no version takes the alias without passing the load test (its blocking load_test_gate).
+@dg.asset(group_name="registry", kinds={"mlflow"}, deps=["load_test"])
 def champion_model(
     context: dg.AssetExecutionContext, registered_model: dict, registry: MlflowRegistry
 ) -> dg.Output[dict]:
