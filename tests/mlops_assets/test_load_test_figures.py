@@ -18,6 +18,8 @@ from mlops_assets.load_test.figures import (
     summarize,
 )
 from mlops_assets.load_test.memory import MIB, memory_growth, rss_trend
+from mlops_assets.load_test.plots import latency_plot, memory_plot
+from mlops_assets.load_test.report import demo_figures, phase_table
 from mlops_assets.load_test.verdict import refusals
 
 SLO = Slo(p99_ms=50.0, error_rate=0.01)
@@ -119,3 +121,34 @@ def test_the_verdict_lists_every_reason():
     reasons = refusals(phases, SLO, 0.1, "server RSS grew", cost, budget_usd_per_1000_predictions=1e-9)
     assert len(reasons) == 4
     assert reasons[-1].startswith("$") and "budget" in reasons[-1]
+
+
+def test_the_phase_table_and_the_pictures():
+    phases = [summarize(record(20, 5, 3.0)), summarize(record(200, 5, 80.0, shed_every=4))]
+    table = phase_table(phases).splitlines()
+    assert len(table) == 4 and "RESOURCE_EXHAUSTED 250" in table[-1] and table[2].startswith("| 20 | 20.0 |")
+    assert latency_plot(phases, slo_p99_ms=50).startswith(b"\x89PNG")
+    assert memory_plot([(t * 0.5, 200 * MIB) for t in range(10)]).startswith(b"\x89PNG")
+
+
+def test_what_the_demo_prints():
+    assert demo_figures({"tested": False, "reason": "promotion_gate did not approve v2"}) == {
+        "load test": "not run: promotion_gate did not approve v2"
+    }
+    result = {
+        "tested": True,
+        "passed": False,
+        "reasons": ["p99 80.9 ms > SLO 50 ms at 200 req/s"],
+        "phases": [{"offered_rps": 20.0, "p99_ms": 3.1}, {"offered_rps": 200.0, "p99_ms": 80.9}],
+        "slo_p99_ms": 50.0,
+        "rps_within_slo": 20.0,
+        "served_usd_per_1000_predictions": 1.2e-5,
+        "model_compute_only_usd_per_1000_predictions": 5e-9,
+    }
+    assert demo_figures(result) == {
+        "load test": "refused: p99 80.9 ms > SLO 50 ms at 200 req/s",
+        "throughput at the SLO": "20 req/s",
+        "p99 at 200 req/s": "80.9 ms (SLO 50 ms)",
+        "cost per 1,000 predictions (served)": "$1.2e-05",
+        "cost per 1,000 predictions (model compute only)": "$5e-09",
+    }
