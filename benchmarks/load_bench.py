@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import write_result
-from mlops_assets.load_test.candidate_server import CandidateServer
+from mlops_assets.load_test.candidate_server import CandidateServer, file_source
 from mlops_assets.load_test.driver import Target, drive
 from mlops_assets.load_test.figures import summarize
 from serving import demo_models as dm
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model = dm.save(dm.flight_model(seed=0), folder / "flight.onnx")
-        with CandidateServer(("--model-path", str(model)), folder) as server:
+        with CandidateServer(file_source(model), folder) as server:
             target = Target(server.url, "flight_delay", "1")
             run = drive(target, payloads, RATES, seconds, 5.0, folder, server.process.pid)
     per_rate = []
