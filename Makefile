@@ -32,7 +32,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
 # Each benchmark writes JSON under benchmarks/results/; figures are ratios measured in one run.
-BENCHMARKS := pipeline_bench compression_bench drift_bench serving_bench
+BENCHMARKS := pipeline_bench compression_bench drift_bench serving_bench load_bench
 bench: setup
 	@for bench in $(BENCHMARKS); do echo "== $$bench"; $(BIN)/python -m benchmarks.$$bench || exit 1; done
 

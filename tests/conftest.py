@@ -24,6 +24,8 @@ FAST_COMPRESSION = {
     "int8_static_model": {"calibration_rows": 512},
     "model_scorecard": {"latency_runs": 50, "throughput_repeats": 10, "rounds": 1},
 }
+# Every training run load-tests its approved challenger before champion moves: short phases at a low peak.
+FAST_LOAD_TEST = {"peak_rps": 10.0, "phase_seconds": 2.0}
 
 
 def materialize(selection, resources, ops=None, instance=None, **kwargs) -> dg.ExecuteInProcessResult:
@@ -39,6 +41,7 @@ def training_ops(**overrides) -> dict:
         "training_data": {**FAST_DATA, **data},
         "trained_model": {**FAST_TRAIN, **train},
         "evaluation_report": FAST_EVAL,
+        "load_test": FAST_LOAD_TEST,
         **FAST_COMPRESSION,
     }
 

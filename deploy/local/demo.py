@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from deploy.local import runs
-from deploy.local.demo_monitoring import run_monitoring_loop
+from deploy.local.demo_monitoring import load_test_lines, run_monitoring_loop
 from deploy.local.demo_traffic import REPLAY_MONTH, REPLAY_ROWS, replay_month
 from mlops_assets.partitions import monthly_partitions
 from resources import local_resources
@@ -100,6 +100,7 @@ def summary(run: DemoRun) -> list[str]:
         f"challenger: {registry.model_name} v{registered.version}, ROC AUC {challenger['auc']:.4f} on "
         f"{tags['evaluation_month']} (MLflow run {tags['mlflow_run_id']})",
         f"promotion: {gate.metadata['decision'].value} - {gate.metadata['reason'].value}",
+        *(line.strip() for line in load_test_lines(run.training)),
         f"champion now: v{champion.version if champion else 'none'}",
         f"batch predictions for 12 months: {resources['store'].root}/predictions/",
         "stage times (s): " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in run.timings.items()),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dagster as dg
 
 from deploy.local.runs import QUIET
+from mlops_assets.load_test.report import demo_figures
 from mlops_assets.partitions import monthly_partitions
 from resources.mlflow_registry import CHAMPION
 from sensors.drift import RetrainingCursor, drift_sensor
@@ -76,6 +77,14 @@ def _live_performance(definitions: dg.Definitions, instance: dg.DagsterInstance,
             f"{figures['labelled']} of {figures['predictions']} labelled"
         )
     return lines
+
+
+def load_test_lines(result: dg.ExecuteInProcessResult) -> list[str]:
+    """The challenger's load test as the summary prints it: the gate's verdict, throughput, p99, cost."""
+    if not result.asset_materializations_for_node("load_test"):
+        return ["  load test: not run (see the run in the Dagster UI)"]
+    figures = demo_figures(result.output_for_node("load_test"))
+    return [f"  {name}: {value}" for name, value in figures.items()]
 
 
 def _training_data(result: dg.ExecuteInProcessResult) -> list[str]:
@@ -163,6 +172,7 @@ def run_monitoring_loop(
         lines.append("  no promotion decision: the run failed before the gate (see the run in the Dagster UI)")
         return lines
     lines += _training_data(result)
+    lines += load_test_lines(result)
     registered = result.output_for_node("registered_model")
     now = registry.version_by_alias(CHAMPION)
     decision, reason = gate.metadata["decision"].value, gate.metadata["reason"].value
