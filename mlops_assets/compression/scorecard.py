@@ -208,7 +208,7 @@ COLUMNS = (
     ("peak_memory_mb", "peak MiB", "{:.1f}"),
     ("auc_noise", "AUC noise", "{:.4f}"),
     ("auc_unseen", "AUC unseen", "{:.4f}"),
-    ("cost_per_1k_usd_one_thread", "$ / 1k (1 thr)", "{:.2e}"),
+    ("cost_per_1k_usd_one_thread", "$ / 1k, model compute only (1 thr)", "{:.2e}"),
 )
 
 
