@@ -33,6 +33,7 @@ PLAIN = [
     "mlops_assets.training.values",
     "mlops_assets.training.feedback",
     "mlops_assets.months",
+    "mlops_assets.oip_client",
     "mlops_assets.onnx_metrics",
     "mlops_assets.rollout.gates",
     "mlops_assets.rollout.plan",

@@ -12,20 +12,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mlops_assets.deployment.assets import infer_inputs
 from mlops_assets.features.assets import load_features
 from mlops_assets.features_spec import ROW_KEY
+from mlops_assets.oip_client import free_port, infer_inputs, ready
 from mlops_assets.training.onnx_export import onnx_feeds
 
 REPLAY_MONTH = "2013-12"
@@ -44,24 +42,10 @@ class Replay:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
-
-
 def start_server(home: Path, log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """`mlops-serve` on loopback; returns it and its gRPC address. By default it follows the embedded
     registry of `home` and ships its log into `home`'s artifact store, whatever the calling shell exports."""
-    port, http = _free_port(), _free_port()
+    port, http = free_port(), free_port()
     command = [sys.executable, "-m", "serving.server", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--metrics-port", str(http)]
     command += ["--http-port", "-1"]
@@ -73,7 +57,7 @@ def start_server(home: Path, log: Path, env: dict[str, str] | None = None) -> tu
     with open(log, "wb") as output:
         server = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while not _ready(f"http://127.0.0.1:{http}/ready"):
+    while not ready(f"http://127.0.0.1:{http}/ready"):
         if server.poll() is not None or time.monotonic() > deadline:
             server.kill()
             raise RuntimeError(f"mlops-serve did not become ready; its log: {log}")

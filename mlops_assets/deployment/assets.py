@@ -8,6 +8,7 @@ import numpy as np
 from mlops_assets import onnx_metrics
 from mlops_assets.features.assets import load_features
 from mlops_assets.metadata import readable
+from mlops_assets.oip_client import infer_inputs
 from mlops_assets.training.onnx_export import onnx_feeds
 from resources import ArtifactStore, MlflowRegistry
 from resources.serving_endpoint import ServingEndpoint
@@ -20,17 +21,6 @@ class DeploymentConfig(dg.Config):
     """Rows of the evaluation month sent in one smoke request."""
     latency_calls: int = 50
     """Single-row requests timed for the recorded latency."""
-
-
-def infer_inputs(feeds: dict[str, np.ndarray]):
-    import tritonclient.grpc as grpcclient
-
-    inputs = []
-    for name, array in feeds.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "FP32")
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
 
 
 # Answers that mean "not yet": the server is starting, draining, restarting, shedding load or slow. Anything else

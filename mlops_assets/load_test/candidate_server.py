@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from mlops_assets.oip_client import free_port, ready
 
 READY_TIMEOUT_S = 120.0
 REGISTRY_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # a Source sets them
@@ -18,20 +18,6 @@ REGISTRY_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # a Source 
 # deploy/k8s/serving.yaml's settings, less what needs a cluster (token, S3 shipping): one intra-op thread,
 # only approved versions, every prediction logged. Real flights miss weather readings; the model imputes NaN.
 PRODUCTION_ARGS = ("--require-approval", "--intra-op-threads", "1", "--nan-policy", "allow_nan")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -76,7 +62,7 @@ class CandidateServer:
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not _ready(f"http://127.0.0.1:{self.metrics_port}/ready"):
+        while not ready(f"http://127.0.0.1:{self.metrics_port}/ready"):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 tail = self.log_path.read_text(errors="replace")[-1500:]

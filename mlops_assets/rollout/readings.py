@@ -26,9 +26,8 @@ class VersionReading:
     failures: int
     latency: Histogram
 
-    def since(self, earlier: VersionReading | None) -> VersionWindow:
-        if earlier is None:
-            return VersionWindow(self.version, self.successes + self.failures, self.failures, self.latency)
+    def since(self, earlier: VersionReading) -> VersionWindow:
+        """The traffic between an earlier reading (a step's start) and this one."""
         successes, failures = self.successes - earlier.successes, self.failures - earlier.failures
         if successes < 0 or failures < 0:
             raise ValueError(f"v{self.version}'s counters went backwards: a replica restarted inside the window")
